@@ -1,1 +1,122 @@
-fn main() {}
+//! The `aktualizr-rs` binary: parses flags, sets up logging and the runtime, calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use aktualizr_rs::tuf_client;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aktualizr-rs",
+    version,
+    about = "Uptane update client for OSTree-based embedded Linux"
+)]
+struct Cli {
+    /// Log level as aktualizr: 0 trace, 1 debug, 2 info, 3 warning, 4 error, 5 fatal.
+    #[arg(long, global = true, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=5))]
+    loglevel: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A generic TUF client (the TUF conformance suite's client-under-test protocol).
+    Tuf(TufArgs),
+}
+
+#[derive(Debug, Args)]
+struct TufArgs {
+    /// Directory of the trusted metadata.
+    #[arg(long)]
+    metadata_dir: PathBuf,
+    /// Base URL of the repository's metadata.
+    #[arg(long)]
+    metadata_url: Option<String>,
+    /// A target to download (repeatable, downloaded in order).
+    #[arg(long)]
+    target_name: Vec<String>,
+    /// Base URL of the repository's targets.
+    #[arg(long)]
+    target_base_url: Option<String>,
+    /// Directory to store downloaded targets in.
+    #[arg(long)]
+    target_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    action: TufAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum TufAction {
+    /// Trust the given root metadata file (no network).
+    Init {
+        /// The root metadata to trust.
+        trusted_root: PathBuf,
+    },
+    /// Refresh the top-level metadata.
+    Refresh,
+    /// Refresh, then download and verify each --target-name.
+    Download,
+}
+
+fn init_logging(level: u8) {
+    let filter = match level {
+        0 => "trace",
+        1 => "debug",
+        2 => "info",
+        3 => "warn",
+        _ => "error",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .try_init();
+}
+
+fn run_tuf(args: TufArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let need = |v: Option<String>, flag: &str| {
+        v.with_context(|| format!("{flag} is required for this action"))
+    };
+    match args.action {
+        TufAction::Init { trusted_root } => tuf_client::init(&args.metadata_dir, &trusted_root),
+        TufAction::Refresh => {
+            let url = need(args.metadata_url, "--metadata-url")?;
+            rt.block_on(tuf_client::refresh(&args.metadata_dir, &url))
+        }
+        TufAction::Download => {
+            let url = need(args.metadata_url, "--metadata-url")?;
+            let base = need(args.target_base_url, "--target-base-url")?;
+            let dir = args
+                .target_dir
+                .context("--target-dir is required for download")?;
+            rt.block_on(tuf_client::download(
+                &args.metadata_dir,
+                &url,
+                &args.target_name,
+                &base,
+                &dir,
+            ))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.loglevel);
+    let result = match cli.command {
+        Command::Tuf(args) => run_tuf(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aktualizr-rs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

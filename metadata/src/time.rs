@@ -29,11 +29,10 @@ impl Timestamp {
         let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
         let rest = &s[19..s.len() - 1];
-        if !rest.is_empty()
-            && !(rest.len() > 1
-                && rest.starts_with('.')
-                && rest[1..].bytes().all(|c| c.is_ascii_digit()))
-        {
+        let fraction_ok = rest.len() > 1
+            && rest.starts_with('.')
+            && rest[1..].bytes().all(|c| c.is_ascii_digit());
+        if !rest.is_empty() && !fraction_ok {
             return None;
         }
         if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {

@@ -1,0 +1,7 @@
+//! aktualizr-rs: the Uptane update client daemon and its command-line interface.
+//!
+//! This crate holds everything with I/O: HTTP, files, the command line. Verification lives in
+//! `aktualizr-rs-metadata`, the image store in `aktualizr-rs-store`.
+
+pub mod fsutil;
+pub mod tuf_client;
