@@ -1,6 +1,9 @@
 //! The TUF client workflow against repositories built in memory with a fixed `now`.
 //! Each test is named after the attack or rule it covers.
 
+// Test helpers panic on setup failures; that is the point of a test.
+#![allow(clippy::unwrap_used)]
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
