@@ -1,0 +1,409 @@
+//! Interoperability with python-tuf, both ways, over HTTP on 127.0.0.1:
+//! repositories written by python-tuf's Metadata API are refreshed by `aktualizr-rs tuf`, and
+//! repositories written by our signing code are refreshed by python-tuf's `ngclient.Updater`.
+//!
+//! Needs the venv that `scripts/setup` creates (`.venv`, or `AKTUALIZR_RS_PYTHON`).
+
+// Test helpers panic on setup failures; that is the point of a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use aktualizr_rs_metadata::{sign_envelope, Scheme, SigningKey};
+use serde_json::{json, Map, Value};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("AKTUALIZR_RS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "python-tuf venv not found at {}: run scripts/setup (or set AKTUALIZR_RS_PYTHON)",
+        p.display()
+    );
+    p
+}
+
+fn script(name: &str) -> PathBuf {
+    workspace().join("tests/interop").join(name)
+}
+
+/// `serve.py` on an ephemeral 127.0.0.1 port, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let portfile = dir.with_extension("port");
+        let _ = std::fs::remove_file(&portfile);
+        let child = Command::new(python())
+            .arg(script("serve.py"))
+            .arg(dir)
+            .arg(&portfile)
+            .spawn()
+            .expect("starting serve.py");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&portfile) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "serve.py did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{}", port.trim()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn aktualizr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"))
+        .arg("tuf")
+        .args(args)
+        .output()
+        .expect("running aktualizr-rs")
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read(p: impl AsRef<Path>) -> Vec<u8> {
+    std::fs::read(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
+}
+
+/// A repository written by python-tuf, and a client directory for us.
+struct PythonRepo {
+    tmp: tempfile::TempDir,
+    server: Server,
+    expected: Value,
+}
+
+impl PythonRepo {
+    fn new(extra: &[&str]) -> PythonRepo {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        let out = Command::new(python())
+            .arg(script("make_repo.py"))
+            .arg(&repo)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "make_repo.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = serde_json::from_slice(&read(repo.join("expected.json"))).unwrap();
+        let server = Server::start(&repo);
+        let r = PythonRepo {
+            tmp,
+            server,
+            expected,
+        };
+        ok(&aktualizr(&[
+            "--metadata-dir",
+            r.path("client/metadata").to_str().unwrap(),
+            "init",
+            r.path("repo/metadata/1.root.json").to_str().unwrap(),
+        ]));
+        r
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn refresh(&self) -> Output {
+        let md = self.path("client/metadata");
+        let url = format!("{}/metadata", self.server.url);
+        aktualizr(&[
+            "--metadata-dir",
+            md.to_str().unwrap(),
+            "--metadata-url",
+            &url,
+            "refresh",
+        ])
+    }
+
+    fn download(&self, targets: &[&str]) -> Output {
+        let md = self.path("client/metadata");
+        let td = self.path("client/targets");
+        let url = format!("{}/metadata", self.server.url);
+        let turl = format!("{}/targets", self.server.url);
+        let mut args = vec![
+            "--metadata-dir",
+            md.to_str().unwrap(),
+            "--metadata-url",
+            &url,
+        ];
+        for t in targets {
+            args.extend(["--target-name", t]);
+        }
+        args.extend([
+            "--target-base-url",
+            &turl,
+            "--target-dir",
+            td.to_str().unwrap(),
+            "download",
+        ]);
+        aktualizr(&args)
+    }
+}
+
+#[test]
+fn python_tuf_repository_is_refreshed_and_downloaded_by_aktualizr_rs() {
+    let r = PythonRepo::new(&[]);
+    ok(&r.refresh());
+    let md = r.path("client/metadata");
+    let served = r.path("repo/metadata");
+    // Trusted metadata is stored byte for byte as served, root after two rotations.
+    assert_eq!(read(md.join("root.json")), read(served.join("3.root.json")));
+    assert_eq!(
+        read(md.join("timestamp.json")),
+        read(served.join("timestamp.json"))
+    );
+    assert_eq!(
+        read(md.join("snapshot.json")),
+        read(served.join("1.snapshot.json"))
+    );
+    assert_eq!(
+        read(md.join("targets.json")),
+        read(served.join("1.targets.json"))
+    );
+
+    let targets: Vec<(String, String)> = r.expected["targets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let names: Vec<&str> = targets.iter().map(|(k, _)| k.as_str()).collect();
+    ok(&r.download(&names));
+    for (name, content) in &targets {
+        let file = r
+            .path("client/targets")
+            .join(aktualizr_rs_metadata::names::encode_component(name));
+        assert_eq!(String::from_utf8(read(file)).unwrap(), *content, "{name}");
+    }
+    // Every delegated role on a search path was stored as served; the terminated one never.
+    for role in ["apps", "apps-beta", "images", "bins-parent"] {
+        assert_eq!(
+            read(md.join(format!("{role}.json"))),
+            read(served.join(format!("1.{role}.json"))),
+            "{role}"
+        );
+    }
+    assert!(
+        !md.join("decoy.json").exists(),
+        "a role behind a terminating delegation was fetched"
+    );
+    // The decoy's target is behind the terminating "images" delegation: not found.
+    let out = r.download(&["images/evil.img"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn tampered_target_from_python_tuf_repository_is_not_stored() {
+    let r = PythonRepo::new(&[]);
+    let content = r.expected["targets"]["apps/hello.tar"].as_str().unwrap();
+    // Replace the served content (same length) under both hash-prefixed names.
+    let dir = r.path("repo/targets/apps");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.to_str().unwrap().ends_with(".hello.tar") {
+            std::fs::write(&p, "X".repeat(content.len())).unwrap();
+        }
+    }
+    let out = r.download(&["apps/hello.tar"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hash mismatch"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!r.path("client/targets/apps%2Fhello.tar").exists());
+}
+
+#[test]
+fn expired_timestamp_from_python_tuf_repository_is_rejected() {
+    let r = PythonRepo::new(&["--expired-timestamp"]);
+    let out = r.refresh();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!r.path("client/metadata/timestamp.json").exists());
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+}
+
+fn write(p: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+}
+
+/// Writes a consistent-snapshot repository with our signing code: root v1 (ed25519) rotated to
+/// v2 (ECDSA P-256, signed by both), ECDSA P-384 targets, a delegation, targets in
+/// subdirectories. Returns the target paths and contents.
+fn write_our_repository(dir: &Path) -> Vec<(&'static str, &'static [u8])> {
+    let k = SigningKey::generate;
+    let (root1, root2) = (k(Scheme::Ed25519).unwrap(), k(Scheme::EcdsaP256).unwrap());
+    let (ts, snap) = (k(Scheme::Ed25519).unwrap(), k(Scheme::EcdsaP256).unwrap());
+    let (tgt, dele) = (k(Scheme::EcdsaP384).unwrap(), k(Scheme::Ed25519).unwrap());
+    let expires = "2099-01-01T00:00:00Z";
+    let md = dir.join("metadata");
+    let role = |k: &SigningKey| json!({"keyids": [k.keyid()], "threshold": 1});
+    let root = |v: u64, rk: &SigningKey| {
+        let mut keys = Map::new();
+        for key in [rk, &ts, &snap, &tgt] {
+            keys.insert(key.keyid().into(), key.public().to_json().clone());
+        }
+        json!({"_type": "root", "spec_version": "1.0.31", "version": v, "expires": expires, "consistent_snapshot": true,
+               "keys": keys, "roles": {"root": role(rk), "timestamp": role(&ts), "snapshot": role(&snap), "targets": role(&tgt)}})
+    };
+    write(
+        &md.join("1.root.json"),
+        &sign_envelope(&root(1, &root1), &[&root1]).unwrap(),
+    );
+    write(
+        &md.join("2.root.json"),
+        &sign_envelope(&root(2, &root2), &[&root1, &root2]).unwrap(),
+    );
+
+    let files: Vec<(&'static str, &'static [u8])> = vec![
+        ("top.txt", b"top-level\n"),
+        ("dir/sub/deep.txt", b"in a subdirectory\n"),
+        ("delegated/app.bin", b"from the delegated role\n"),
+    ];
+    let (mut top, mut deleg) = (Map::new(), Map::new());
+    for (path, content) in &files {
+        let info = json!({"length": content.len(), "hashes": {"sha256": sha256(content)}});
+        let (d, base) = path
+            .rsplit_once('/')
+            .map_or(("".to_owned(), *path), |(d, b)| (format!("{d}/"), b));
+        write(
+            &dir.join("targets")
+                .join(format!("{d}{}.{base}", sha256(content))),
+            content,
+        );
+        if path.starts_with("delegated/") {
+            deleg.insert((*path).into(), info);
+        } else {
+            top.insert((*path).into(), info);
+        }
+    }
+    let d = sign_envelope(&json!({"_type": "targets", "spec_version": "1.0.31", "version": 1, "expires": expires, "targets": deleg}), &[&dele]).unwrap();
+    write(&md.join("1.delegated.json"), &d);
+    let t = json!({"_type": "targets", "spec_version": "1.0.31", "version": 1, "expires": expires, "targets": top,
+        "delegations": {"keys": {dele.keyid(): dele.public().to_json()},
+            "roles": [{"name": "delegated", "keyids": [dele.keyid()], "threshold": 1, "terminating": false, "paths": ["delegated/*"]}]}});
+    let t = sign_envelope(&t, &[&tgt]).unwrap();
+    write(&md.join("1.targets.json"), &t);
+    let mf = |b: &[u8]| json!({"version": 1, "length": b.len(), "hashes": {"sha256": sha256(b)}});
+    let s = sign_envelope(
+        &json!({"_type": "snapshot", "spec_version": "1.0.31", "version": 1, "expires": expires,
+        "meta": {"targets.json": mf(&t), "delegated.json": mf(&d)}}),
+        &[&snap],
+    )
+    .unwrap();
+    write(&md.join("1.snapshot.json"), &s);
+    let ts_md = json!({"_type": "timestamp", "spec_version": "1.0.31", "version": 1, "expires": expires, "meta": {"snapshot.json": mf(&s)}});
+    write(
+        &md.join("timestamp.json"),
+        &sign_envelope(&ts_md, &[&ts]).unwrap(),
+    );
+    files
+}
+
+fn ngclient(dir: &Path, server: &Server, targets: &[&str]) -> Output {
+    Command::new(python())
+        .arg(script("ngclient.py"))
+        .arg(dir.join("repo/metadata/1.root.json"))
+        .arg(dir.join("ng/metadata"))
+        .arg(format!("{}/metadata", server.url))
+        .arg(format!("{}/targets", server.url))
+        .arg(dir.join("ng/targets"))
+        .args(targets)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn repository_signed_by_us_is_refreshed_by_python_tuf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = write_our_repository(&tmp.path().join("repo"));
+    let server = Server::start(&tmp.path().join("repo"));
+    let names: Vec<&str> = files.iter().map(|f| f.0).collect();
+    let out = ngclient(tmp.path(), &server, &names);
+    ok(&out);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for (name, content) in &files {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing in {stdout}"));
+        let local = line.split_once(' ').unwrap().1;
+        assert_eq!(read(local), *content, "{name}");
+    }
+    // python-tuf trusts root version 2 (our rotation, signed by old and new keys).
+    let root: Value =
+        serde_json::from_slice(&read(tmp.path().join("ng/metadata/root.json"))).unwrap();
+    assert_eq!(root["signed"]["version"], 2);
+}
+
+#[test]
+fn repository_with_a_forged_signature_is_rejected_by_python_tuf() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_our_repository(&tmp.path().join("repo"));
+    let ts_path = tmp.path().join("repo/metadata/timestamp.json");
+    let mut ts: Value = serde_json::from_slice(&read(&ts_path)).unwrap();
+    let sig = ts["signatures"][0]["sig"].as_str().unwrap().to_owned();
+    let flipped = if sig.starts_with('0') {
+        format!("1{}", &sig[1..])
+    } else {
+        format!("0{}", &sig[1..])
+    };
+    ts["signatures"][0]["sig"] = json!(flipped);
+    std::fs::write(&ts_path, serde_json::to_vec(&ts).unwrap()).unwrap();
+    let server = Server::start(&tmp.path().join("repo"));
+    let out = ngclient(tmp.path(), &server, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "python-tuf accepted a forged timestamp signature"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unsigned"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
