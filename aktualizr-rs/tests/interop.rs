@@ -387,11 +387,8 @@ fn repository_with_a_forged_signature_is_rejected_by_python_tuf() {
     let ts_path = tmp.path().join("repo/metadata/timestamp.json");
     let mut ts: Value = serde_json::from_slice(&read(&ts_path)).unwrap();
     let sig = ts["signatures"][0]["sig"].as_str().unwrap().to_owned();
-    let flipped = if sig.starts_with('0') {
-        format!("1{}", &sig[1..])
-    } else {
-        format!("0{}", &sig[1..])
-    };
+    let (first, rest) = sig.split_at(1);
+    let flipped = format!("{}{rest}", if first == "0" { "1" } else { "0" });
     ts["signatures"][0]["sig"] = json!(flipped);
     std::fs::write(&ts_path, serde_json::to_vec(&ts).unwrap()).unwrap();
     let server = Server::start(&tmp.path().join("repo"));
