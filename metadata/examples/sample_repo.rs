@@ -2,7 +2,9 @@
 //! snapshots, two root versions (a key rotation), ed25519 and ECDSA keys, a delegation, and
 //! targets in subdirectories. Used by `scripts/demo`.
 //!
-//! Usage: `cargo run --example sample_repo -- OUT_DIR`
+//! Usage: `cargo run --example sample_repo -- OUT_DIR [--bulk-targets N]`
+//! `--bulk-targets N` adds N more targets (`bulk/file-<i>.bin`, listed but not written) to the
+//! top-level targets, for benchmarks.
 //! Writes `OUT_DIR/metadata/` (`1.root.json`, `2.root.json`, `N.snapshot.json`, ...,
 //! `timestamp.json`) and `OUT_DIR/targets/` (`<dir>/<sha256>.<basename>`).
 
@@ -24,10 +26,19 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args()
-        .nth(1)
-        .ok_or("usage: sample_repo OUT_DIR")?;
-    let out = Path::new(&out);
+    let args: Vec<String> = std::env::args().collect();
+    let out = args
+        .get(1)
+        .ok_or("usage: sample_repo OUT_DIR [--bulk-targets N]")?;
+    let bulk: usize = match args.get(2).map(String::as_str) {
+        Some("--bulk-targets") => args
+            .get(3)
+            .ok_or("--bulk-targets needs a number")?
+            .parse()?,
+        Some(other) => return Err(format!("unknown argument {other:?}").into()),
+        None => 0,
+    };
+    let out = Path::new(out);
     let (meta, targets_dir) = (out.join("metadata"), out.join("targets"));
     let key = |s| SigningKey::generate(s);
     let (root1, root2) = (key(Scheme::Ed25519)?, key(Scheme::EcdsaP256)?);
@@ -88,6 +99,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             top.insert((*path).into(), info);
         }
+    }
+    for i in 0..bulk {
+        let content = format!("bulk target {i}");
+        top.insert(
+            format!("bulk/file-{i}.bin"),
+            json!({"length": content.len(), "hashes": {"sha256": sha256(content.as_bytes())}}),
+        );
     }
     let apps_md = json!({"_type": "targets", "spec_version": "1.0.31", "version": 1, "expires": expires, "targets": delegated});
     let apps_bytes = sign_envelope(&apps_md, &[&apps])?;

@@ -1,6 +1,7 @@
 //! The TUF metadata formats: parsed from the received bytes into typed structs, keeping every
 //! field this crate does not know (`extra`) so Uptane's `custom` data and future fields survive.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
@@ -17,17 +18,15 @@ pub const TOP_LEVEL_ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "target
 struct Fields<'a> {
     role: &'a str,
     obj: Map<String, Value>,
-    path: String,
+    /// Where the object is in the metadata, for error messages (built only on error).
+    path: Cow<'a, str>,
 }
 
 impl<'a> Fields<'a> {
-    fn new(role: &'a str, path: &str, value: Value) -> Result<Fields<'a>> {
+    fn new(role: &'a str, path: impl Into<Cow<'a, str>>, value: Value) -> Result<Fields<'a>> {
+        let path = path.into();
         match value {
-            Value::Object(obj) => Ok(Fields {
-                role,
-                obj,
-                path: path.to_owned(),
-            }),
+            Value::Object(obj) => Ok(Fields { role, obj, path }),
             other => Err(malformed(
                 role,
                 format!("{path}: expected an object, found {}", kind(&other)),
@@ -182,7 +181,7 @@ impl Envelope {
         };
         let mut signatures = Vec::with_capacity(sigs.len());
         for (i, s) in sigs.into_iter().enumerate() {
-            let mut f = Fields::new(role, &format!("signatures[{i}]"), s)?;
+            let mut f = Fields::new(role, format!("signatures[{i}]"), s)?;
             let aktualizr_dialect = f.obj.contains_key("method");
             let keyid = f.string("keyid")?;
             let sig = f.string("sig")?;
@@ -374,7 +373,7 @@ impl Root {
         let keys = parse_keys(role, f.object("keys")?)?;
         let mut roles = HashMap::new();
         for (name, v) in f.object("roles")? {
-            let mut rf = Fields::new(role, &format!("roles.{name}"), v)?;
+            let mut rf = Fields::new(role, format!("roles.{name}"), v)?;
             roles.insert(name, parse_role_keys(&mut rf)?);
         }
         if roles.len() != 4 || !TOP_LEVEL_ROLES.iter().all(|r| roles.contains_key(*r)) {
@@ -442,7 +441,7 @@ fn parse_hashes(f: &mut Fields<'_>) -> Result<Vec<(String, String)>> {
 }
 
 impl MetaFile {
-    fn parse(role: &str, path: &str, v: Value) -> Result<MetaFile> {
+    fn parse<'a>(role: &'a str, path: impl Into<Cow<'a, str>>, v: Value) -> Result<MetaFile> {
         let mut f = Fields::new(role, path, v)?;
         let version = f.positive("version")?;
         let length = f.opt_u64("length")?;
@@ -556,7 +555,7 @@ impl SnapshotMeta {
             .object("meta")?
             .into_iter()
             .map(|(name, v)| {
-                let mf = MetaFile::parse(role, &format!("meta.{name}"), v)?;
+                let mf = MetaFile::parse(role, format!("meta.{name}"), v)?;
                 Ok((name, mf))
             })
             .collect::<Result<_>>()?;
@@ -580,7 +579,7 @@ pub struct TargetFile {
 }
 
 impl TargetFile {
-    fn parse(role: &str, path: &str, v: Value) -> Result<TargetFile> {
+    fn parse<'a>(role: &'a str, path: impl Into<Cow<'a, str>>, v: Value) -> Result<TargetFile> {
         let mut f = Fields::new(role, path, v)?;
         let length = f.u64("length")?;
         let hashes = parse_hashes(&mut f)?;
@@ -700,7 +699,7 @@ impl Delegations {
             Some(Value::Array(items)) => {
                 let mut out: Vec<DelegatedRole> = Vec::with_capacity(items.len());
                 for (i, item) in items.into_iter().enumerate() {
-                    let mut rf = Fields::new(role, &format!("delegations.roles[{i}]"), item)?;
+                    let mut rf = Fields::new(role, format!("delegations.roles[{i}]"), item)?;
                     let name = rf.string("name")?;
                     if TOP_LEVEL_ROLES.contains(&name.as_str())
                         || out.iter().any(|r| r.name == name)
@@ -819,7 +818,14 @@ impl TargetsMeta {
             .object("targets")?
             .into_iter()
             .map(|(path, v)| {
-                let t = TargetFile::parse(role, &format!("targets.{path}"), v)?;
+                // The path is borrowed, not formatted: this runs once per target.
+                let t = TargetFile::parse(role, path.as_str(), v).map_err(|e| match e {
+                    Error::Malformed { role, reason } => Error::Malformed {
+                        role,
+                        reason: format!("targets.{reason}"),
+                    },
+                    other => other,
+                })?;
                 Ok((path, t))
             })
             .collect::<Result<_>>()?;
