@@ -77,7 +77,13 @@ impl Fetch for HttpFetcher {
         if !status.is_success() {
             return Err(HttpError::Status { url, status });
         }
-        let mut body = Vec::new();
+        // Sized from Content-Length (never beyond the cap) so a large file is not copied
+        // around while the buffer grows.
+        let expected = resp
+            .content_length()
+            .unwrap_or(0)
+            .min(max_len.saturating_add(1));
+        let mut body = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
         while let Some(chunk) = resp.chunk().await.map_err(req_err)? {
             body.extend_from_slice(&chunk);
             if body.len() as u64 > max_len {
@@ -160,7 +166,10 @@ pub async fn refresh(metadata_dir: &Path, metadata_url: &str) -> Result<()> {
     let mut up = updater(metadata_dir, metadata_url, &client)?;
     up.refresh()
         .await
-        .with_context(|| format!("refreshing metadata from {metadata_url}"))
+        .with_context(|| format!("refreshing metadata from {metadata_url}"))?;
+    // The process ends next: freeing 100,000 parsed targets one by one would only cost time.
+    std::mem::forget(up);
+    Ok(())
 }
 
 /// `download`: refresh, then find, download and verify each target in order.

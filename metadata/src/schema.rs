@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
 
-use crate::canonical::to_canonical;
 use crate::crypto::{decode_signature, PublicKey};
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
@@ -153,34 +152,48 @@ pub struct Signature {
     pub sig: Option<Vec<u8>>,
 }
 
-/// The `{"signed": ..., "signatures": [...]}` envelope of received metadata, with the
-/// canonical bytes the signatures cover.
+/// The `{"signed": ..., "signatures": [...]}` envelope of received metadata: the signatures and
+/// the canonical bytes they cover.
 #[derive(Debug, Clone)]
 pub struct Envelope {
-    /// The `signed` object as received.
-    pub signed: Value,
     /// The signatures as received.
     pub signatures: Vec<Signature>,
     /// The canonical JSON of `signed`: what the signatures cover.
     pub canonical: Vec<u8>,
 }
 
+#[derive(serde::Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    signed: &'a serde_json::value::RawValue,
+    signatures: Vec<Value>,
+}
+
 impl Envelope {
-    /// Parses received bytes. `role` only names the metadata in errors.
-    pub fn parse(role: &str, bytes: &[u8]) -> Result<Envelope> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| malformed(role, format!("not JSON: {e}")))?;
-        let mut top = Fields::new(role, "", value)?;
-        let signed = match top.take("signed") {
-            Some(v @ Value::Object(_)) => v,
-            other => return Err(top.err("signed", "an object", other.as_ref())),
-        };
-        let sigs = match top.take("signatures") {
-            Some(Value::Array(items)) => items,
-            other => return Err(top.err("signatures", "an array", other.as_ref())),
-        };
-        let mut signatures = Vec::with_capacity(sigs.len());
-        for (i, s) in sigs.into_iter().enumerate() {
+    /// Parses received bytes into the envelope and the text of `signed` as received.
+    /// `role` only names the metadata in errors.
+    pub fn parse<'b>(role: &str, bytes: &'b [u8]) -> Result<(Envelope, &'b str)> {
+        let (signatures, signed) = Envelope::split(role, bytes)?;
+        let canonical = Envelope::canonical_of(role, signed)?;
+        Ok((
+            Envelope {
+                signatures,
+                canonical,
+            },
+            signed,
+        ))
+    }
+
+    /// Reads the signatures and finds the text of `signed`, without canonicalising it.
+    pub fn split<'b>(role: &str, bytes: &'b [u8]) -> Result<(Vec<Signature>, &'b str)> {
+        let raw: RawEnvelope<'b> = serde_json::from_slice(bytes)
+            .map_err(|e| malformed(role, format!("not TUF metadata JSON: {e}")))?;
+        let signed = raw.signed.get();
+        if !signed.starts_with('{') {
+            return Err(malformed(role, "signed: expected an object"));
+        }
+        let mut signatures = Vec::with_capacity(raw.signatures.len());
+        for (i, s) in raw.signatures.into_iter().enumerate() {
             let mut f = Fields::new(role, format!("signatures[{i}]"), s)?;
             let aktualizr_dialect = f.obj.contains_key("method");
             let keyid = f.string("keyid")?;
@@ -190,14 +203,16 @@ impl Envelope {
                 sig: decode_signature(&sig, aktualizr_dialect),
             });
         }
-        let canonical = to_canonical(&signed).map_err(|e| Error::Canonical {
+        Ok((signatures, signed))
+    }
+
+    /// The canonical form of the text of `signed`, straight from the received text: no value
+    /// tree is built, and an object with a duplicate key is refused before any parser
+    /// interprets it.
+    pub fn canonical_of(role: &str, signed: &str) -> Result<Vec<u8>> {
+        crate::canonical::canonicalize(signed.as_bytes()).map_err(|e| Error::Canonical {
             role: role.to_owned(),
             reason: e.0,
-        })?;
-        Ok(Envelope {
-            signed,
-            signatures,
-            canonical,
         })
     }
 
@@ -361,6 +376,12 @@ pub struct Root {
 }
 
 impl Root {
+    /// Parses the text of the `signed` part.
+    pub fn from_raw(role: &str, signed: &str) -> Result<Root> {
+        let v: Value = serde_json::from_str(signed).map_err(|e| malformed(role, e.to_string()))?;
+        Root::parse(role, v)
+    }
+
     /// Parses the `signed` part of root metadata.
     pub fn parse(role: &str, signed: Value) -> Result<Root> {
         let mut f = Fields::new(role, "", signed)?;
@@ -517,6 +538,12 @@ pub struct TimestampMeta {
 }
 
 impl TimestampMeta {
+    /// Parses the text of the `signed` part.
+    pub fn from_raw(role: &str, signed: &str) -> Result<TimestampMeta> {
+        let v: Value = serde_json::from_str(signed).map_err(|e| malformed(role, e.to_string()))?;
+        TimestampMeta::parse(role, v)
+    }
+
     /// Parses the `signed` part of timestamp metadata.
     pub fn parse(role: &str, signed: Value) -> Result<TimestampMeta> {
         let mut f = Fields::new(role, "", signed)?;
@@ -547,6 +574,12 @@ pub struct SnapshotMeta {
 }
 
 impl SnapshotMeta {
+    /// Parses the text of the `signed` part.
+    pub fn from_raw(role: &str, signed: &str) -> Result<SnapshotMeta> {
+        let v: Value = serde_json::from_str(signed).map_err(|e| malformed(role, e.to_string()))?;
+        SnapshotMeta::parse(role, v)
+    }
+
     /// Parses the `signed` part of snapshot metadata.
     pub fn parse(role: &str, signed: Value) -> Result<SnapshotMeta> {
         let mut f = Fields::new(role, "", signed)?;
@@ -579,17 +612,6 @@ pub struct TargetFile {
 }
 
 impl TargetFile {
-    fn parse<'a>(role: &'a str, path: impl Into<Cow<'a, str>>, v: Value) -> Result<TargetFile> {
-        let mut f = Fields::new(role, path, v)?;
-        let length = f.u64("length")?;
-        let hashes = parse_hashes(&mut f)?;
-        Ok(TargetFile {
-            length,
-            hashes,
-            extra: f.rest(),
-        })
-    }
-
     /// The `custom` object, if any.
     pub fn custom(&self) -> Option<&Value> {
         self.extra.get("custom")
@@ -812,23 +834,21 @@ pub struct TargetsMeta {
 impl TargetsMeta {
     /// Parses the `signed` part of targets metadata.
     pub fn parse(role: &str, signed: Value) -> Result<TargetsMeta> {
-        let mut f = Fields::new(role, "", signed)?;
+        TargetsMeta::from_raw(role, &signed.to_string())
+    }
+
+    /// Parses the text of the `signed` part of targets metadata.
+    ///
+    /// Targets metadata can list 100,000 targets, so the `targets` object is read straight into
+    /// [`TargetFile`]s; only the other (small) fields go through a `Value`.
+    pub fn from_raw(role: &str, signed: &str) -> Result<TargetsMeta> {
+        let raw: raw_targets::Signed =
+            serde_json::from_str(signed).map_err(|e| malformed(role, e.to_string()))?;
+        let mut f = Fields::new(role, "", Value::Object(raw.rest))?;
         let common = Common::parse(&mut f, "targets")?;
-        let targets = f
-            .object("targets")?
-            .into_iter()
-            .map(|(path, v)| {
-                // The path is borrowed, not formatted: this runs once per target.
-                let t = TargetFile::parse(role, path.as_str(), v).map_err(|e| match e {
-                    Error::Malformed { role, reason } => Error::Malformed {
-                        role,
-                        reason: format!("targets.{reason}"),
-                    },
-                    other => other,
-                })?;
-                Ok((path, t))
-            })
-            .collect::<Result<_>>()?;
+        let targets = raw
+            .targets
+            .ok_or_else(|| malformed(role, "targets: expected an object, found nothing"))?;
         let delegations = match f.take("delegations") {
             None => None,
             Some(v) => Some(Delegations::parse(role, v)?),
@@ -854,5 +874,143 @@ impl TargetsMeta {
         let d = self.delegations.as_ref().ok_or_else(not_listed)?;
         let rk = d.role_keys(role).ok_or_else(not_listed)?;
         env.verify(role, delegator, &d.keys, &rk.keyids, rk.threshold)
+    }
+}
+
+/// Deserialisation of targets metadata without a value tree for the `targets` object.
+mod raw_targets {
+    use std::collections::HashMap;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    use super::TargetFile;
+
+    /// The `signed` object: `targets` read as target files, every other field kept as JSON.
+    pub(super) struct Signed {
+        pub targets: Option<HashMap<String, TargetFile>>,
+        pub rest: Map<String, Value>,
+    }
+
+    impl<'de> de::Deserialize<'de> for Signed {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Signed;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a targets metadata object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Signed, A::Error> {
+                    let mut out = Signed {
+                        targets: None,
+                        rest: Map::new(),
+                    };
+                    while let Some(key) = map.next_key::<String>()? {
+                        if key == "targets" {
+                            out.targets = Some(map.next_value_seed(Targets)?);
+                        } else {
+                            let v = map.next_value::<Value>()?;
+                            out.rest.insert(key, v);
+                        }
+                    }
+                    Ok(out)
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    struct Targets;
+
+    impl<'de> DeserializeSeed<'de> for Targets {
+        type Value = HashMap<String, TargetFile>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Targets {
+        type Value = HashMap<String, TargetFile>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of target files (targets)")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = HashMap::with_capacity(map.size_hint().unwrap_or(0));
+            while let Some(path) = map.next_key::<String>()? {
+                let target = map.next_value_seed(File(&path))?;
+                out.insert(path, target);
+            }
+            Ok(out)
+        }
+    }
+
+    /// One target file; the path names it in errors.
+    struct File<'p>(&'p str);
+
+    impl<'de> DeserializeSeed<'de> for File<'_> {
+        type Value = TargetFile;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<TargetFile, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for File<'_> {
+        type Value = TargetFile;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a target file object (targets.{})", self.0)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TargetFile, A::Error> {
+            let (mut length, mut hashes, mut extra) = (None, None, Map::new());
+            while let Some(key) = map.next_key::<String>()? {
+                match key.as_str() {
+                    "length" => length = Some(map.next_value::<u64>()?),
+                    "hashes" => hashes = Some(map.next_value_seed(Hashes)?),
+                    _ => {
+                        let v = map.next_value::<Value>()?;
+                        extra.insert(key, v);
+                    }
+                }
+            }
+            let path = self.0;
+            let length = length
+                .ok_or_else(|| de::Error::custom(format!("targets.{path}.length: missing")))?;
+            let hashes: Vec<(String, String)> = hashes
+                .ok_or_else(|| de::Error::custom(format!("targets.{path}.hashes: missing")))?;
+            if hashes.is_empty() {
+                return Err(de::Error::custom(format!(
+                    "targets.{path}.hashes: must not be empty"
+                )));
+            }
+            Ok(TargetFile {
+                length,
+                hashes,
+                extra,
+            })
+        }
+    }
+
+    /// `hashes`, in document order.
+    struct Hashes;
+
+    impl<'de> DeserializeSeed<'de> for Hashes {
+        type Value = Vec<(String, String)>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Hashes {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of hex hashes by algorithm")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(2);
+            while let Some(alg) = map.next_key::<String>()? {
+                out.push((alg, map.next_value::<String>()?));
+            }
+            Ok(out)
+        }
     }
 }

@@ -41,10 +41,10 @@ pub struct TrustedSet {
 fn parse<T>(
     role: &str,
     bytes: &[u8],
-    f: impl FnOnce(&str, serde_json::Value) -> Result<T>,
+    f: impl FnOnce(&str, &str) -> Result<T>,
 ) -> Result<(T, Envelope)> {
-    let mut env = Envelope::parse(role, bytes)?;
-    let signed = std::mem::take(&mut env.signed);
+    // Canonical form first: what has none (or has a duplicate key) is never interpreted.
+    let (env, signed) = Envelope::parse(role, bytes)?;
     Ok((f(role, signed)?, env))
 }
 
@@ -61,7 +61,7 @@ impl TrustedSet {
     /// run). It must be signed by a threshold of its own root keys; its expiry is not checked
     /// here (only the final root of the chain must be unexpired).
     pub fn new(root_bytes: &[u8], now: Timestamp) -> Result<TrustedSet> {
-        let (root, envelope) = parse("root", root_bytes, Root::parse)?;
+        let (root, envelope) = parse("root", root_bytes, Root::from_raw)?;
         root.verify_role("root", &envelope)?;
         Ok(TrustedSet {
             now,
@@ -106,7 +106,7 @@ impl TrustedSet {
         if self.timestamp.is_some() {
             return Err(Error::Workflow("root cannot be updated after timestamp"));
         }
-        let (new, envelope) = parse("root", bytes, Root::parse)?;
+        let (new, envelope) = parse("root", bytes, Root::from_raw)?;
         self.root.meta.verify_role("root", &envelope)?;
         let expected = self.root.meta.common.version + 1;
         if new.common.version != expected {
@@ -145,7 +145,7 @@ impl TrustedSet {
             ));
         }
         self.check_root_expiry()?;
-        let (new, envelope) = parse("timestamp", bytes, TimestampMeta::parse)?;
+        let (new, envelope) = parse("timestamp", bytes, TimestampMeta::from_raw)?;
         self.root.meta.verify_role("timestamp", &envelope)?;
         if let Some(old) = &self.timestamp {
             let (trusted, found) = (old.meta.common.version, new.common.version);
@@ -211,7 +211,7 @@ impl TrustedSet {
         if !from_local_cache {
             meta.verify("snapshot", bytes)?;
         }
-        let (new, envelope) = parse("snapshot", bytes, SnapshotMeta::parse)?;
+        let (new, envelope) = parse("snapshot", bytes, SnapshotMeta::from_raw)?;
         self.root.meta.verify_role("snapshot", &envelope)?;
         if let Some(old) = &self.snapshot {
             for (name, old_file) in &old.meta.meta {
@@ -273,7 +273,7 @@ impl TrustedSet {
         })?;
         meta.verify(role, bytes)?;
         let expected = meta.version;
-        let (new, envelope) = parse(role, bytes, TargetsMeta::parse)?;
+        let (new, envelope) = parse(role, bytes, TargetsMeta::from_raw)?;
         self.verify_against(role, delegator, &envelope)?;
         if new.common.version != expected {
             return Err(Error::VersionMismatch {
