@@ -41,11 +41,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = Path::new(out);
     let (meta, targets_dir) = (out.join("metadata"), out.join("targets"));
     let key = |s| SigningKey::generate(s);
-    let (root1, root2) = (key(Scheme::Ed25519)?, key(Scheme::EcdsaP256)?);
+    // Benchmarks (--bulk-targets) measure ed25519 repositories; the demo shows ECDSA keys too.
+    let bench = bulk > 0;
+    let scheme = |demo| if bench { Scheme::Ed25519 } else { demo };
+    let (root1, root2) = (key(Scheme::Ed25519)?, key(scheme(Scheme::EcdsaP256))?);
     let (ts, snap, tgt) = (
         key(Scheme::Ed25519)?,
         key(Scheme::Ed25519)?,
-        key(Scheme::EcdsaP384)?,
+        key(scheme(Scheme::EcdsaP384))?,
     );
     let apps = key(Scheme::Ed25519)?;
     let expires = "2035-01-01T00:00:00Z";
