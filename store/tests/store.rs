@@ -1,0 +1,314 @@
+//! The store against real OSTree: repositories built with the ostree CLI, served over HTTP on
+//! 127.0.0.1, pulled and deployed into an unbooted test sysroot.
+
+// Test helpers panic on setup failures; that is the point of a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use aktualizr_rs_store::{write_reboot_sentinel, Commit, PullOptions, Store};
+
+const OS: &str = "fakeos";
+const REF: &str = "fakeos/x86_64/stable";
+
+fn mutable_deployments() {
+    // Read by libostree when a Sysroot is created: without it, deployments are made immutable
+    // (chattr +i) and the test directories cannot be removed.
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| std::env::set_var("OSTREE_SYSROOT_DEBUG", "mutable-deployments"));
+}
+
+fn ostree(args: &[&str]) -> String {
+    let out = Command::new("ostree")
+        .args(args)
+        .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+        .output()
+        .expect("the ostree CLI is missing: run scripts/setup");
+    assert!(
+        out.status.success(),
+        "ostree {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A treehub (archive repo) served on 127.0.0.1 and an unbooted sysroot with `fakeos`.
+struct Fixture {
+    server: Server,
+    tmp: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+/// libostree keeps process-wide state (the environment it reads, GLib's default main
+/// context); the tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Fixture {
+    fn new() -> Fixture {
+        let turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        mutable_deployments();
+        let tmp = tempfile::tempdir().unwrap();
+        let srv = tmp.path().join("srv");
+        ostree(&[
+            "init",
+            &format!("--repo={}", srv.to_str().unwrap()),
+            "--mode=archive",
+        ]);
+        let sysroot = tmp.path().join("sysroot");
+        std::fs::create_dir(&sysroot).unwrap();
+        ostree(&["admin", "init-fs", sysroot.to_str().unwrap()]);
+        ostree(&[
+            "admin",
+            "os-init",
+            OS,
+            "--sysroot",
+            sysroot.to_str().unwrap(),
+        ]);
+        let repo = sysroot.join("ostree/repo");
+        ostree(&[
+            "config",
+            &format!("--repo={}", repo.to_str().unwrap()),
+            "set",
+            "sysroot.bootloader",
+            "none",
+        ]);
+        let portfile = tmp.path().join("port");
+        let serve = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/serve.py");
+        let child = Command::new("python3")
+            .arg(serve)
+            .arg(&srv)
+            .arg(&portfile)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&portfile) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "serve.py did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let url = format!("http://127.0.0.1:{}", port.trim());
+        Fixture {
+            server: Server(child, url),
+            tmp,
+            _turn: turn,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    /// Commits a bootable fake rootfs (version `version`, plus `files`) and updates the summary.
+    fn commit(&self, version: u32, files: &[(&str, &[u8])]) -> Commit {
+        let root = self.path(&format!("rootfs-{version}"));
+        for d in ["usr/bin", "usr/etc", "usr/lib/modules/6.1.0-test"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("usr/lib/modules/6.1.0-test/vmlinuz"), b"kernel").unwrap();
+        std::fs::write(
+            root.join("usr/lib/modules/6.1.0-test/initramfs.img"),
+            b"initrd",
+        )
+        .unwrap();
+        std::fs::write(root.join("usr/etc/os-release"), b"ID=fakeos\n").unwrap();
+        for (p, content) in files {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        let srv = self.path("srv");
+        let out = ostree(&[
+            "commit",
+            &format!("--repo={}", srv.display()),
+            "-b",
+            REF,
+            "-s",
+            &format!("v{version}"),
+            &format!("--add-metadata-string=version={version}"),
+            "--bootable",
+            root.to_str().unwrap(),
+        ]);
+        ostree(&[
+            "summary",
+            &format!("--repo={}", srv.to_str().unwrap()),
+            "-u",
+        ]);
+        out.trim().parse().unwrap()
+    }
+
+    fn store(&self) -> Store {
+        Store::open(&self.path("sysroot"), Some(OS)).unwrap()
+    }
+
+    fn opts(&self) -> PullOptions {
+        PullOptions::new(&self.server.1)
+    }
+
+    fn fsck(&self) {
+        ostree(&[
+            "fsck",
+            &format!("--repo={}", self.path("sysroot/ostree/repo").display()),
+        ]);
+    }
+}
+
+fn many_files(n: usize, salt: &str) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("usr/share/data/file-{i}"),
+                format!("{salt} content of file {i}\n")
+                    .repeat(20)
+                    .into_bytes(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn pull_deploy_status_and_sentinel() {
+    let f = Fixture::new();
+    let v1 = f.commit(1, &[]);
+    let store = f.store();
+    let progress = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let seen = progress.clone();
+    let stats = store
+        .pull(&v1, &f.opts(), move |s| seen.set(s.fetched))
+        .unwrap();
+    assert!(stats.fetched > 0 && stats.bytes > 0, "{stats:?}");
+    assert_eq!(
+        progress.get(),
+        stats.fetched,
+        "the last progress report has the final count"
+    );
+    store.deploy(&v1, Some("fakeos-v1")).unwrap();
+    let deployments = store.deployments().unwrap();
+    assert_eq!(deployments.len(), 1, "{deployments:?}");
+    let d = &deployments[0];
+    assert_eq!(d.commit, v1.as_str());
+    assert_eq!(d.version.as_deref(), Some("1"));
+    assert_eq!(d.target.as_deref(), Some("fakeos-v1"));
+    assert_eq!(d.os, OS);
+    assert!(
+        d.roles.contains(&"pending"),
+        "unbooted: the first deployment counts as pending: {d:?}"
+    );
+    // `ostree admin status` sees it too.
+    let status = ostree(&[
+        "admin",
+        "status",
+        "--sysroot",
+        f.path("sysroot").to_str().unwrap(),
+    ]);
+    assert!(status.contains(v1.as_str()), "{status}");
+
+    let sentinel = write_reboot_sentinel(&f.path("run/aktualizr-session"), "need_reboot").unwrap();
+    assert!(sentinel.exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(f.path("run/aktualizr-session"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    f.fsck();
+}
+
+#[test]
+fn second_version_pulls_only_the_changed_objects() {
+    let f = Fixture::new();
+    let files = many_files(200, "v1");
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let v1 = f.commit(1, &refs);
+    let mut changed = files.clone();
+    changed[0].1 = b"changed content\n".to_vec();
+    changed[1].1 = b"changed content too\n".to_vec();
+    let refs: Vec<(&str, &[u8])> = changed
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let v2 = f.commit(2, &refs);
+    let store = f.store();
+    let first = store.pull(&v1, &f.opts(), |_| {}).unwrap();
+    let second = store.pull(&v2, &f.opts(), |_| {}).unwrap();
+    assert!(first.fetched > 200, "{first:?}");
+    // The two changed files, their directory trees up to the root, and the commit.
+    assert!(second.fetched < 20, "incremental pull fetched {second:?}");
+    // A complete commit is not fetched again.
+    assert_eq!(
+        store.pull(&v2, &f.opts(), |_| {}).unwrap(),
+        Default::default()
+    );
+    f.fsck();
+}
+
+#[test]
+fn unknown_commit_fails_and_deploys_nothing() {
+    let f = Fixture::new();
+    f.commit(1, &[]);
+    let store = f.store();
+    let missing: Commit = "0".repeat(64).parse().unwrap();
+    let err = store.pull(&missing, &f.opts(), |_| {}).unwrap_err();
+    assert!(err.to_string().contains(&"0".repeat(64)), "{err}");
+    assert!(store.deployments().unwrap().is_empty());
+    assert!(store.deploy(&missing, None).is_err());
+    assert!(store.deployments().unwrap().is_empty());
+}
+
+#[test]
+fn corrupted_object_on_the_server_fails_the_pull() {
+    let f = Fixture::new();
+    let v1 = f.commit(
+        1,
+        &[(
+            "usr/bin/tool",
+            b"a tool that will be corrupted on the server\n",
+        )],
+    );
+    // Corrupt every content object of the served archive repository (.filez files).
+    let mut corrupted = 0;
+    for dir in std::fs::read_dir(f.path("srv/objects")).unwrap() {
+        for obj in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let p = obj.unwrap().path();
+            if p.extension().is_some_and(|e| e == "filez") {
+                let mut bytes = std::fs::read(&p).unwrap();
+                let n = bytes.len();
+                bytes[n - 1] ^= 0xff;
+                std::fs::write(&p, bytes).unwrap();
+                corrupted += 1;
+            }
+        }
+    }
+    assert!(corrupted > 0);
+    let store = f.store();
+    assert!(store.pull(&v1, &f.opts(), |_| {}).is_err());
+    assert!(
+        store.deploy(&v1, None).is_err(),
+        "an incomplete commit must not deploy"
+    );
+    assert!(store.deployments().unwrap().is_empty());
+    f.fsck();
+}
+
+#[test]
+fn commit_checksums_are_validated() {
+    assert!("abc".parse::<Commit>().is_err());
+    assert!("A".repeat(64).parse::<Commit>().is_err());
+    assert!("a".repeat(64).parse::<Commit>().is_ok());
+}
