@@ -7,9 +7,8 @@
 //! What it is not: a verifier. Trust comes from Uptane (`metadata/`): the commit checksum
 //! given here is the target's verified sha256, and GPG verification is off.
 //!
-//! Every libostree call blocks; the async entry points run them in `spawn_blocking` with a
-//! `gio::Cancellable` that is cancelled when the future is dropped (work in progress: this
-//! first slice offers the blocking calls).
+//! Every libostree call blocks. [`Store`] offers the blocking calls; [`pull`] runs a pull in
+//! `spawn_blocking` with a `gio::Cancellable` that is cancelled when the future is dropped.
 //!
 //! ```no_run
 //! use aktualizr_rs_store::{Commit, PullOptions, Store};
@@ -23,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ostree::gio;
+use ostree::gio::prelude::CancellableExt as _;
 use ostree::glib;
 
 /// The default directory of the reboot sentinel (aktualizr's `[bootloader] reboot_sentinel_dir`).
@@ -226,6 +226,17 @@ impl Store {
         opts: &PullOptions,
         on_progress: impl FnMut(&PullStats) + 'static,
     ) -> Result<PullStats> {
+        self.pull_cancellable(commit, opts, on_progress, &gio::Cancellable::new())
+    }
+
+    /// [`Self::pull`], stopped (with an error) when `cancel` is cancelled.
+    pub fn pull_cancellable(
+        &self,
+        commit: &Commit,
+        opts: &PullOptions,
+        on_progress: impl FnMut(&PullStats) + 'static,
+        cancel: &gio::Cancellable,
+    ) -> Result<PullStats> {
         let repo = self.sysroot.repo();
         if is_complete(&repo, commit) {
             return Ok(PullStats::default());
@@ -293,12 +304,7 @@ impl Store {
         let context = glib::MainContext::new();
         let result = context
             .with_thread_default(|| {
-                repo.pull_with_options(
-                    REMOTE,
-                    &pull_opts.end(),
-                    Some(&progress),
-                    gio::Cancellable::NONE,
-                )
+                repo.pull_with_options(REMOTE, &pull_opts.end(), Some(&progress), Some(cancel))
             })
             .map_err(Error::MainContext)?;
         progress.finish();
@@ -411,6 +417,49 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Cancels libostree work when dropped (with the future that owns it).
+struct CancelOnDrop(gio::Cancellable);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Pulls `commit` into the sysroot at `sysroot` on a blocking thread, sending progress to
+/// `progress` as it comes. Dropping the returned future cancels the pull; measured with
+/// libostree 2022.7, the cancel takes effect only when the outstanding HTTP requests return
+/// (a stalled treehub holds the thread until it answers).
+pub async fn pull(
+    sysroot: PathBuf,
+    os: Option<String>,
+    commit: Commit,
+    opts: PullOptions,
+    progress: Option<tokio::sync::mpsc::UnboundedSender<PullStats>>,
+) -> Result<PullStats> {
+    let guard = CancelOnDrop(gio::Cancellable::new());
+    let cancel = guard.0.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&sysroot, os.as_deref())?;
+        store.pull_cancellable(
+            &commit,
+            &opts,
+            move |s| {
+                if let Some(tx) = &progress {
+                    let _ = tx.send(s.clone());
+                }
+            },
+            &cancel,
+        )
+    });
+    let result = task.await.map_err(|e| Error::Io {
+        what: "the pull thread".into(),
+        source: std::io::Error::other(e),
+    })?;
+    drop(guard);
+    result
 }
 
 fn is_complete(repo: &ostree::Repo, commit: &Commit) -> bool {

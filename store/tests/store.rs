@@ -44,6 +44,28 @@ impl Drop for Server {
     }
 }
 
+/// Serves `dir` on an ephemeral 127.0.0.1 port.
+fn serve(dir: &Path) -> Server {
+    let portfile = dir.with_extension("port");
+    let _ = std::fs::remove_file(&portfile);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/serve.py");
+    let child = Command::new("python3")
+        .arg(script)
+        .arg(dir)
+        .arg(&portfile)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let port = loop {
+        if let Ok(p) = std::fs::read_to_string(&portfile) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "serve.py did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Server(child, format!("http://127.0.0.1:{}", port.trim()))
+}
+
 /// A treehub (archive repo) served on 127.0.0.1 and an unbooted sysroot with `fakeos`.
 struct Fixture {
     server: Server,
@@ -84,25 +106,9 @@ impl Fixture {
             "sysroot.bootloader",
             "none",
         ]);
-        let portfile = tmp.path().join("port");
-        let serve = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/serve.py");
-        let child = Command::new("python3")
-            .arg(serve)
-            .arg(&srv)
-            .arg(&portfile)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&portfile) {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "serve.py did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let url = format!("http://127.0.0.1:{}", port.trim());
+        let server = serve(&tmp.path().join("srv"));
         Fixture {
-            server: Server(child, url),
+            server,
             tmp,
             _turn: turn,
         }
@@ -311,4 +317,67 @@ fn commit_checksums_are_validated() {
     assert!("abc".parse::<Commit>().is_err());
     assert!("A".repeat(64).parse::<Commit>().is_err());
     assert!("a".repeat(64).parse::<Commit>().is_ok());
+}
+
+#[test]
+fn deploying_keeps_pending_and_one_rollback_and_prunes_older_commits() {
+    let f = Fixture::new();
+    let store = f.store();
+    let mut commits = Vec::new();
+    for v in 1..=4u32 {
+        let c = f.commit(v, &[("usr/share/version", format!("{v}\n").as_bytes())]);
+        store.pull(&c, &f.opts(), |_| {}).unwrap();
+        store.deploy(&c, Some(&format!("fakeos-v{v}"))).unwrap();
+        commits.push(c);
+    }
+    let deployments = store.deployments().unwrap();
+    let listed: Vec<&str> = deployments.iter().map(|d| d.commit.as_str()).collect();
+    assert_eq!(
+        listed,
+        vec![commits[3].as_str(), commits[2].as_str()],
+        "{deployments:?}"
+    );
+    assert!(deployments[0].roles.contains(&"pending"));
+    // Objects only the pruned deployments used are gone from the repository.
+    let repo = f.path("sysroot/ostree/repo");
+    let out = Command::new("ostree")
+        .args([
+            "show",
+            &format!("--repo={}", repo.display()),
+            commits[0].as_str(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "commit v1 should have been pruned");
+    f.fsck();
+}
+
+#[test]
+fn async_pull_runs_off_the_runtime_and_reports_progress() {
+    let f = Fixture::new();
+    let v1 = f.commit(1, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stats = rt
+        .block_on(aktualizr_rs_store::pull(
+            f.path("sysroot"),
+            Some(OS.into()),
+            v1.clone(),
+            f.opts(),
+            Some(tx),
+        ))
+        .unwrap();
+    let mut last = None;
+    while let Ok(s) = rx.try_recv() {
+        last = Some(s);
+    }
+    assert_eq!(
+        last,
+        Some(stats),
+        "the last progress report is the final count"
+    );
+    f.store().deploy(&v1, None).unwrap();
 }

@@ -1,6 +1,7 @@
 """Serves a directory over HTTP on 127.0.0.1 (an ephemeral port, written to PORTFILE).
 
-Usage: serve.py DIR PORTFILE
+Usage: serve.py DIR PORTFILE [--delay-objects SECONDS]
+--delay-objects makes every request under /objects/ wait first (a stalled treehub).
 HTTP/1.1 with keep-alive and TCP_NODELAY (without it every request waits ~40 ms on
 delayed ACKs). Stops on SIGTERM.
 """
@@ -9,6 +10,9 @@ import functools
 import http.server
 import os
 import sys
+import time
+
+DELAY = 0.0
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -18,9 +22,17 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
 
+    def do_GET(self):  # noqa: N802
+        if DELAY and "/objects/" in self.path:
+            time.sleep(DELAY)
+        super().do_GET()
+
 
 def main() -> None:
+    global DELAY
     directory, portfile = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 4 and sys.argv[3] == "--delay-objects":
+        DELAY = float(sys.argv[4])
     handler = functools.partial(Handler, directory=directory)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     tmp = portfile + ".tmp"
