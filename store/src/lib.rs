@@ -127,8 +127,14 @@ pub struct PullOptions {
     /// Extra HTTP headers.
     pub headers: Vec<(String, String)>,
     /// A transfer slower than this many bytes per second ...
+    ///
+    /// Passed to libostree as the `low-speed-limit-bytes` pull option, which libostree 2022.7
+    /// (Debian 12) does not know and ignores: measured here, a treehub that stops answering
+    /// holds the pull until it answers. Stall detection needs a watchdog of our own that can
+    /// end the pull (open work, see docs/ARCHITECTURE.md).
     pub low_speed_limit_bytes: u32,
-    /// ... for this many seconds fails (a stall), while a slow but moving one goes on.
+    /// ... for this many seconds fails (a stall), while a slow but moving one goes on
+    /// (`low-speed-time-seconds`; same caveat).
     pub low_speed_time_seconds: u32,
     /// Retries of a failed network request.
     pub network_retries: u32,
