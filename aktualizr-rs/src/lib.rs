@@ -4,4 +4,5 @@
 //! `aktualizr-rs-metadata`, the image store in `aktualizr-rs-store`.
 
 pub mod fsutil;
+pub mod status;
 pub mod tuf_client;

@@ -24,6 +24,44 @@ struct Cli {
 enum Command {
     /// A generic TUF client (the TUF conformance suite's client-under-test protocol).
     Tuf(TufArgs),
+    /// Show the OSTree deployments, their Uptane targets and whether a reboot is pending.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The OSTree sysroot (aktualizr's `[pacman] sysroot`).
+    #[arg(long, default_value = "/")]
+    sysroot: PathBuf,
+    /// The OS name (aktualizr's `[pacman] os`); default: the booted deployment's.
+    #[arg(long)]
+    os: Option<String>,
+    /// The reboot sentinel (`[bootloader] reboot_sentinel_dir`/`reboot_sentinel_name`).
+    #[arg(long, default_value = "/run/aktualizr-session/need_reboot")]
+    reboot_sentinel: PathBuf,
+    /// Print JSON (schema version 1, documented in the README) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let store = aktualizr_rs_store::Store::open(&args.sysroot, args.os.as_deref())
+        .with_context(|| format!("opening the OSTree sysroot {}", args.sysroot.display()))?;
+    let status = aktualizr_rs::status::Status {
+        os: store.os().to_owned(),
+        deployments: store.deployments().context("listing deployments")?,
+        reboot_pending: args.reboot_sentinel.exists(),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status.to_json()).context("encoding JSON")?
+        );
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +150,7 @@ fn main() -> ExitCode {
     init_logging(cli.loglevel);
     let result = match cli.command {
         Command::Tuf(args) => run_tuf(args),
+        Command::Status(args) => run_status(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

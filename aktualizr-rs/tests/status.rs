@@ -1,0 +1,108 @@
+//! `aktualizr-rs status` on a real OSTree sysroot, deployed with the ostree CLI (a commit the
+//! client has no record of: it must be shown by its checksum, never as "unknown").
+
+// Test helpers panic on setup failures; that is the point of a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn ostree(args: &[&str]) -> String {
+    let out = Command::new("ostree")
+        .args(args)
+        .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+        .output()
+        .expect("the ostree CLI is missing: run scripts/setup");
+    assert!(
+        out.status.success(),
+        "ostree {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn status_shows_deployments_by_commit_and_the_reboot_sentinel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |rel: &str| tmp.path().join(rel);
+    let root = p("rootfs");
+    std::fs::create_dir_all(root.join("usr/lib/modules/6.1.0-test")).unwrap();
+    std::fs::create_dir_all(root.join("usr/etc")).unwrap();
+    std::fs::write(root.join("usr/lib/modules/6.1.0-test/vmlinuz"), b"kernel").unwrap();
+    std::fs::write(
+        root.join("usr/lib/modules/6.1.0-test/initramfs.img"),
+        b"initrd",
+    )
+    .unwrap();
+    std::fs::write(root.join("usr/etc/os-release"), b"ID=fakeos\n").unwrap();
+    let sysroot = p("sysroot");
+    std::fs::create_dir(&sysroot).unwrap();
+    let s = sysroot.to_str().unwrap();
+    ostree(&["admin", "init-fs", s]);
+    ostree(&["admin", "os-init", "fakeos", "--sysroot", s]);
+    let repo = format!("--repo={s}/ostree/repo");
+    ostree(&["config", &repo, "set", "sysroot.bootloader", "none"]);
+    let commit = ostree(&[
+        "commit",
+        &repo,
+        "-b",
+        "fakeos/stable",
+        "--add-metadata-string=version=7",
+        "--bootable",
+        root.to_str().unwrap(),
+    ]);
+    let commit = commit.trim();
+    ostree(&[
+        "admin",
+        "deploy",
+        "--sysroot",
+        s,
+        "--os",
+        "fakeos",
+        "fakeos/stable",
+    ]);
+
+    let run = |extra: &[&str]| {
+        let sentinel = p("run/need_reboot");
+        let out = Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"))
+            .args([
+                "status",
+                "--sysroot",
+                s,
+                "--os",
+                "fakeos",
+                "--reboot-sentinel",
+            ])
+            .arg(&sentinel)
+            .args(extra)
+            .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(&[]);
+    assert!(
+        text.contains(&format!("fakeos {commit}.0 (pending)")),
+        "{text}"
+    );
+    assert!(text.contains("Version: 7"), "{text}");
+    assert!(text.contains("none recorded"), "{text}");
+    assert!(!text.to_lowercase().contains("unknown"), "{text}");
+    assert!(text.contains("Reboot pending: no"), "{text}");
+
+    std::fs::create_dir_all(p("run")).unwrap();
+    std::fs::write(p("run/need_reboot"), b"").unwrap();
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).unwrap();
+    assert_eq!(json["schema"], 1);
+    assert_eq!(json["reboot_pending"], true);
+    assert_eq!(json["deployments"][0]["commit"], commit);
+    assert_eq!(json["deployments"][0]["version"], "7");
+    assert_eq!(
+        json["deployments"][0]["roles"],
+        serde_json::json!(["pending"])
+    );
+}
