@@ -175,56 +175,90 @@ impl PythonRepo {
     }
 }
 
+/// The file names in a directory, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn python_tuf_repository_is_refreshed_and_downloaded_by_aktualizr_rs() {
     let r = PythonRepo::new(&[]);
-    ok(&r.refresh());
     let md = r.path("client/metadata");
     let served = r.path("repo/metadata");
-    // Trusted metadata is stored byte for byte as served, root after two rotations.
-    assert_eq!(read(md.join("root.json")), read(served.join("3.root.json")));
-    assert_eq!(
-        read(md.join("timestamp.json")),
-        read(served.join("timestamp.json"))
-    );
-    assert_eq!(
-        read(md.join("snapshot.json")),
-        read(served.join("1.snapshot.json"))
-    );
-    assert_eq!(
-        read(md.join("targets.json")),
-        read(served.join("1.targets.json"))
-    );
+    let stored = r.expected["stored"].as_object().unwrap();
+    let assert_stored = |local: &str| {
+        let from = stored[local].as_str().unwrap();
+        assert_eq!(
+            read(md.join(local)),
+            read(served.join(from)),
+            "{local} is not {from} byte for byte"
+        );
+    };
 
-    let targets: Vec<(String, String)> = r.expected["targets"]
+    // Top-level refresh: root after two rotations (1 -> 2 -> 3), timestamp, snapshot and
+    // targets, each stored byte for byte as served.
+    ok(&r.refresh());
+    for local in [
+        "root.json",
+        "timestamp.json",
+        "snapshot.json",
+        "targets.json",
+    ] {
+        assert_stored(local);
+    }
+
+    // Every target, found through paths globs, a nested delegation, a terminating one, a role
+    // name that needs percent-encoding and succinct hash bins.
+    let targets: Vec<(&str, &str)> = r.expected["targets"]
         .as_object()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
         .collect();
-    let names: Vec<&str> = targets.iter().map(|(k, _)| k.as_str()).collect();
+    let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
     ok(&r.download(&names));
+    let td = r.path("client/targets");
     for (name, content) in &targets {
-        let file = r
-            .path("client/targets")
-            .join(aktualizr_rs_metadata::names::encode_component(name));
+        let file = td.join(aktualizr_rs_metadata::names::encode_component(name));
         assert_eq!(String::from_utf8(read(file)).unwrap(), *content, "{name}");
     }
-    // Every delegated role on a search path was stored as served; the terminated one never.
-    for role in ["apps", "apps-beta", "images", "bins-parent"] {
-        assert_eq!(
-            read(md.join(format!("{role}.json"))),
-            read(served.join(format!("1.{role}.json"))),
-            "{role}"
+    let mut expected_files: Vec<String> = names
+        .iter()
+        .map(|n| aktualizr_rs_metadata::names::encode_component(n))
+        .collect();
+    expected_files.sort();
+    assert_eq!(listing(&td), expected_files, "target dir");
+
+    // Each role on a search path stored as served (role names percent-encoded); nothing
+    // else in the metadata dir: no role behind the terminating delegation, no hash bin that
+    // holds none of the targets, no leftover temporary file.
+    for local in stored.keys() {
+        assert_stored(local);
+    }
+    let mut expected_md: Vec<String> = stored.keys().cloned().collect();
+    expected_md.sort();
+    assert_eq!(listing(&md), expected_md, "metadata dir");
+
+    // A target listed only by a role behind the terminating delegation is not found.
+    for name in r.expected["shadowed"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        let out = r.download(&[name]);
+        assert_eq!(out.status.code(), Some(1), "{name} was found");
+        assert!(!td
+            .join(aktualizr_rs_metadata::names::encode_component(name))
+            .exists());
+    }
+    for local in r.expected["not_fetched"].as_array().unwrap() {
+        assert!(
+            !md.join(local.as_str().unwrap()).exists(),
+            "{local} fetched"
         );
     }
-    assert!(
-        !md.join("decoy.json").exists(),
-        "a role behind a terminating delegation was fetched"
-    );
-    // The decoy's target is behind the terminating "images" delegation: not found.
-    let out = r.download(&["images/evil.img"]);
-    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
@@ -260,6 +294,11 @@ fn expired_timestamp_from_python_tuf_repository_is_rejected() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!r.path("client/metadata/timestamp.json").exists());
+    // The root rotations before the timestamp step were verified and are kept.
+    assert_eq!(
+        read(r.path("client/metadata/root.json")),
+        read(r.path("repo/metadata/3.root.json"))
+    );
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -271,14 +310,39 @@ fn write(p: &Path, bytes: &[u8]) {
     std::fs::write(p, bytes).unwrap();
 }
 
+/// A 2048-bit RSA key in PKCS#8 PEM, made by python's `cryptography` (ring cannot generate RSA
+/// keys).
+fn rsa_key() -> SigningKey {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(
+            "from cryptography.hazmat.primitives import serialization as s\n\
+             from cryptography.hazmat.primitives.asymmetric import rsa\n\
+             k = rsa.generate_private_key(public_exponent=65537, key_size=2048)\n\
+             print(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()).decode())",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    SigningKey::from_pkcs8_pem(
+        std::str::from_utf8(&out.stdout).unwrap(),
+        Scheme::RsaPssSha256,
+    )
+    .unwrap()
+}
+
 /// Writes a consistent-snapshot repository with our signing code: root v1 (ed25519) rotated to
-/// v2 (ECDSA P-256, signed by both), ECDSA P-384 targets, a delegation, targets in
-/// subdirectories. Returns the target paths and contents.
+/// v2 (ECDSA P-256, signed by both), ECDSA P-384 targets, a delegated role signed with
+/// RSA-PSS, targets in subdirectories. Returns the target paths and contents.
 fn write_our_repository(dir: &Path) -> Vec<(&'static str, &'static [u8])> {
     let k = SigningKey::generate;
     let (root1, root2) = (k(Scheme::Ed25519).unwrap(), k(Scheme::EcdsaP256).unwrap());
     let (ts, snap) = (k(Scheme::Ed25519).unwrap(), k(Scheme::EcdsaP256).unwrap());
-    let (tgt, dele) = (k(Scheme::EcdsaP384).unwrap(), k(Scheme::Ed25519).unwrap());
+    let (tgt, dele) = (k(Scheme::EcdsaP384).unwrap(), rsa_key());
     let expires = "2099-01-01T00:00:00Z";
     let md = dir.join("metadata");
     let role = |k: &SigningKey| json!({"keyids": [k.keyid()], "threshold": 1});

@@ -1,28 +1,44 @@
-"""Writes TUF repositories with python-tuf's Metadata API, for aktualizr-rs to read.
+"""Writes a TUF repository with python-tuf's Metadata API, for aktualizr-rs to read.
 
 Usage: make_repo.py OUT_DIR [--expired-timestamp]
 
-OUT_DIR/metadata: 1.root.json, 2.root.json, 3.root.json (key rotations, threshold 1 -> 2),
-N.snapshot.json, N.targets.json, N.<role>.json, timestamp.json (consistent snapshots).
-OUT_DIR/targets: <dir>/<sha256>.<basename>.
-OUT_DIR/expected.json: {"targets": {path: content}, "roles": [delegated role names]}.
+OUT_DIR/metadata: consistent snapshots, as python-tuf's repository examples lay them out:
+  1.root.json, 2.root.json, 3.root.json (two key rotations, threshold 1 -> 2, each new root
+  signed by a threshold of the old and of the new root keys), N.snapshot.json, N.targets.json,
+  N.<role>.json (role names percent-encoded like urllib.parse.quote(name, safe="")) and
+  timestamp.json. Every role has a different version, so a client that builds a versioned name
+  from the wrong entry fetches nothing.
+OUT_DIR/targets: <dir>/<hash>.<basename>, for both the sha256 and the sha512 of each target.
+OUT_DIR/expected.json:
+  "targets":     {target path: content} for every target a client can find;
+  "stored":      {file in the client's metadata dir: file served under OUT_DIR/metadata} for
+                 every role that downloading all those targets reaches;
+  "not_fetched": files the client must never fetch (behind a terminating delegation, or hash
+                 bins that hold none of the targets);
+  "shadowed":    targets listed only by a role behind a terminating delegation (not found).
 
-Keys: ed25519, RSA (rsassa-pss-sha256) and ECDSA (P-256, P-384) mixed across roles.
-Delegations: paths globs with a nested and a terminating role, and succinct hash bins.
+Keys: ed25519, RSA (rsassa-pss-sha256) and ECDSA (P-256, P-384) mixed across roles; snapshot
+needs two signatures of different schemes (threshold 2).
+Delegations from targets, searched in this order:
+  apps            paths apps/*       -> apps-beta (nested) paths apps/beta-*
+  images          paths images/*     terminating: "decoy" (also images/*) is never reached
+  decoy           paths images/*
+  ci/nightly builds  paths nightly/* (a role name that must be percent-encoded)
+  bins-parent     paths pkgs/*       -> succinct hash bins bin-0 .. bin-f (bit_length 4)
 """
 
 import hashlib
 import json
 import os
 import sys
+import urllib.parse
 from datetime import datetime, timedelta, timezone
 
-from securesystemslib.signer import CryptoSigner
 from cryptography.hazmat.primitives.asymmetric import ec
+from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
-    Key,
     Metadata,
     MetaFile,
     Root,
@@ -34,158 +50,216 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+# Indented output, as python-tuf repositories usually are: the bytes differ from the canonical
+# form, so a client that verifies a re-serialization instead of the bytes received would fail.
 SER = JSONSerializer(compact=False)
+
+
+def quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def p384() -> CryptoSigner:
+    return CryptoSigner(ec.generate_private_key(ec.SECP384R1()))
+
+
+class Repo:
+    def __init__(self, out: str):
+        self.meta_dir = os.path.join(out, "metadata")
+        self.tgt_dir = os.path.join(out, "targets")
+        os.makedirs(self.meta_dir, exist_ok=True)
+        os.makedirs(self.tgt_dir, exist_ok=True)
+        self.targets: dict[str, str] = {}
+        self.snapshot_meta: dict[str, MetaFile] = {}
+        self.served: dict[str, str] = {}  # role -> served file name
+
+    def write(self, name: str, data: bytes) -> None:
+        with open(os.path.join(self.meta_dir, name), "wb") as f:
+            f.write(data)
+
+    def add_target(self, md: Metadata, path: str, content: bytes) -> None:
+        info = TargetFile.from_data(path, content, ["sha256", "sha512"])
+        md.signed.targets[path] = info
+        dirname, _, basename = path.rpartition("/")
+        for h in info.hashes.values():
+            fname = os.path.join(self.tgt_dir, dirname, f"{h}.{basename}")
+            os.makedirs(os.path.dirname(fname), exist_ok=True)
+            with open(fname, "wb") as f:
+                f.write(content)
+        self.targets[path] = content.decode()
+
+    def write_targets_role(self, name: str, md: Metadata, signers: list, version: int) -> None:
+        md.signed.version = version
+        for s in signers:
+            md.sign(s, append=True)
+        data = md.to_bytes(SER)
+        fname = f"{version}.{quote(name)}.json"
+        self.write(fname, data)
+        self.served[name] = fname
+        self.snapshot_meta[f"{name}.json"] = MetaFile(
+            version=version, length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}
+        )
+
+
+def delegated(name: str, keys: list, paths: list, terminating: bool = False) -> DelegatedRole:
+    return DelegatedRole(
+        name=name,
+        keyids=[k.public_key.keyid for k in keys],
+        threshold=1,
+        terminating=terminating,
+        paths=paths,
+    )
 
 
 def main() -> None:
     out = sys.argv[1]
     expired_ts = "--expired-timestamp" in sys.argv
-    meta_dir = os.path.join(out, "metadata")
-    tgt_dir = os.path.join(out, "targets")
-    os.makedirs(meta_dir, exist_ok=True)
-    os.makedirs(tgt_dir, exist_ok=True)
-    expires = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=365)
-
-    def p384():
-        priv = ec.generate_private_key(ec.SECP384R1())
-        return CryptoSigner(priv)
+    repo = Repo(out)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    expires = now + timedelta(days=365)
 
     signers = {
         "root": [CryptoSigner.generate_ed25519()],
         "timestamp": [CryptoSigner.generate_ecdsa()],
-        "snapshot": [CryptoSigner.generate_rsa()],
+        "snapshot": [CryptoSigner.generate_rsa(), CryptoSigner.generate_ed25519()],
         "targets": [p384()],
     }
 
+    # Root v1: one ed25519 root key, threshold 1.
     root = Metadata(Root(expires=expires, consistent_snapshot=True))
     for role, ss in signers.items():
         for s in ss:
             root.signed.add_key(s.public_key, role)
+    root.signed.roles["snapshot"].threshold = 2
 
-    def write_root(md, sign_with):
-        md.signatures.clear()
+    def write_root(sign_with: list) -> None:
+        root.signatures.clear()
         for s in sign_with:
-            md.sign(s, append=True)
-        md.to_file(os.path.join(meta_dir, f"{md.signed.version}.root.json"), SER)
+            root.sign(s, append=True)
+        repo.write(f"{root.signed.version}.root.json", root.to_bytes(SER))
 
-    write_root(root, signers["root"])
-    # v2: a second root key (RSA) and threshold 2; signed by old and new keys.
-    new_root_key = CryptoSigner.generate_rsa()
+    write_root(signers["root"])
+    # Root v2: a second root key (RSA), threshold 2; signed by the old key and both new ones.
+    rsa_root = CryptoSigner.generate_rsa()
     root.signed.version = 2
-    root.signed.add_key(new_root_key.public_key, "root")
+    root.signed.add_key(rsa_root.public_key, "root")
     root.signed.roles["root"].threshold = 2
-    write_root(root, signers["root"] + [new_root_key])
-    signers["root"].append(new_root_key)
-    # v3: replace the ed25519 root key by an ECDSA one, keep threshold 2; rotate timestamp key.
-    old = signers["root"][0]
-    repl = CryptoSigner.generate_ecdsa()
+    write_root(signers["root"] + [rsa_root])
+    # Root v3: the ed25519 root key replaced by an ECDSA one (threshold 2 of v2 = ed25519 + RSA,
+    # threshold 2 of v3 = RSA + ECDSA), and the timestamp key rotated from ECDSA to ed25519.
+    old_ed = signers["root"][0]
+    ecdsa_root = CryptoSigner.generate_ecdsa()
     root.signed.version = 3
-    root.signed.revoke_key(old.public_key.keyid, "root")
-    root.signed.add_key(repl.public_key, "root")
+    root.signed.revoke_key(old_ed.public_key.keyid, "root")
+    root.signed.add_key(ecdsa_root.public_key, "root")
     root.signed.revoke_key(signers["timestamp"][0].public_key.keyid, "timestamp")
     signers["timestamp"] = [CryptoSigner.generate_ed25519()]
     root.signed.add_key(signers["timestamp"][0].public_key, "timestamp")
-    write_root(root, [old, new_root_key, repl])
-    signers["root"] = [new_root_key, repl]
+    write_root([old_ed, rsa_root, ecdsa_root])
 
-    expected = {}
-    roles_meta = {}
-
-    def add_target(md, path, content):
-        base = tgt_dir
-        info = TargetFile.from_data(path, content, ["sha256", "sha512"])
-        md.signed.targets[path] = info
-        dirname, _, basename = path.rpartition("/")
-        for h in info.hashes.values():
-            fname = os.path.join(base, dirname, f"{h}.{basename}")
-            os.makedirs(os.path.dirname(fname), exist_ok=True)
-            with open(fname, "wb") as f:
-                f.write(content)
-        expected[path] = content.decode()
-
-    def write_role(name, md, signer):
-        md.sign(signer)
-        fname = f"{md.signed.version}.{name}.json" if name == "targets" else f"{md.signed.version}.{name}.json"
-        data = md.to_bytes(SER)
-        with open(os.path.join(meta_dir, fname.replace("/", "%2F")), "wb") as f:
-            f.write(data)
-        roles_meta[f"{name}.json"] = MetaFile(
-            version=md.signed.version,
-            length=len(data),
-            hashes={"sha256": hashlib.sha256(data).hexdigest()},
-        )
-
-    # Delegated roles (keys per role).
-    rkeys = {n: CryptoSigner.generate_ed25519() for n in ["apps", "apps-beta", "images", "decoy"]}
+    # Delegated roles, one key each; the hash bins share an ECDSA key.
+    names = ["apps", "apps-beta", "images", "decoy", "ci/nightly builds", "bins-parent"]
+    rkeys = {n: CryptoSigner.generate_ed25519() for n in names}
+    rkeys["images"] = CryptoSigner.generate_rsa()
     bins_key = CryptoSigner.generate_ecdsa()
 
     targets = Metadata(Targets(expires=expires))
-    add_target(targets, "README.txt", b"top-level target\n")
-    add_target(targets, "dir/sub/file.txt", b"a file in a subdirectory\n")
-
-    def delegated(name, keys, paths, terminating):
-        return DelegatedRole(
-            name=name, keyids=[k.public_key.keyid for k in keys], threshold=1,
-            terminating=terminating, paths=paths,
-        )
-
+    repo.add_target(targets, "README.txt", b"top-level target\n")
+    repo.add_target(targets, "dir/sub/file.txt", b"a file in a subdirectory\n")
+    top_level = ["apps", "images", "decoy", "ci/nightly builds", "bins-parent"]
     targets.signed.delegations = Delegations(
-        keys={s.public_key.keyid: s.public_key for s in rkeys.values()},
+        keys={rkeys[n].public_key.keyid: rkeys[n].public_key for n in top_level},
         roles={
-            "apps": delegated("apps", [rkeys["apps"]], ["apps/*"], False),
-            # terminating: the search for images/* stops here, "decoy" is never reached.
-            "images": delegated("images", [rkeys["images"]], ["images/*"], True),
-            "decoy": delegated("decoy", [rkeys["decoy"]], ["images/*"], False),
+            "apps": delegated("apps", [rkeys["apps"]], ["apps/*"]),
+            "images": delegated("images", [rkeys["images"]], ["images/*"], terminating=True),
+            "decoy": delegated("decoy", [rkeys["decoy"]], ["images/*"]),
+            "ci/nightly builds": delegated(
+                "ci/nightly builds", [rkeys["ci/nightly builds"]], ["nightly/*"]
+            ),
+            "bins-parent": delegated("bins-parent", [rkeys["bins-parent"]], ["pkgs/*"]),
         },
     )
+
     apps = Metadata(Targets(expires=expires))
-    add_target(apps, "apps/hello.tar", b"hello app\n")
+    repo.add_target(apps, "apps/hello.tar", b"hello app\n")
     apps.signed.delegations = Delegations(
         keys={rkeys["apps-beta"].public_key.keyid: rkeys["apps-beta"].public_key},
-        roles={"apps-beta": delegated("apps-beta", [rkeys["apps-beta"]], ["apps/beta-*"], False)},
+        roles={"apps-beta": delegated("apps-beta", [rkeys["apps-beta"]], ["apps/beta-*"])},
     )
     beta = Metadata(Targets(expires=expires))
-    add_target(beta, "apps/beta-tool.tar", b"beta tool, from a nested delegation\n")
+    repo.add_target(beta, "apps/beta-tool.tar", b"beta tool, from a nested delegation\n")
 
     images = Metadata(Targets(expires=expires))
-    add_target(images, "images/os.img", b"os image\n")
+    repo.add_target(images, "images/os.img", b"os image\n")
     decoy = Metadata(Targets(expires=expires))
-    decoy.signed.targets["images/evil.img"] = TargetFile.from_data("images/evil.img", b"evil", ["sha256"])
+    shadowed = "images/evil.img"
+    decoy.signed.targets[shadowed] = TargetFile.from_data(shadowed, b"evil", ["sha256"])
 
-    # Hash bins under "images"? No: a separate succinct delegation from "bins-parent".
+    nightly = Metadata(Targets(expires=expires))
+    repo.add_target(nightly, "nightly/build 1.bin", b"a nightly build, role name encoded\n")
+
     bins_parent = Metadata(Targets(expires=expires))
-    succinct = SuccinctRoles(keyids=[bins_key.public_key.keyid], threshold=1, bit_length=4, name_prefix="bin")
-    bins_parent.signed.delegations = Delegations(keys={bins_key.public_key.keyid: bins_key.public_key}, roles=None, succinct_roles=succinct)
-    targets.signed.delegations.roles["bins-parent"] = delegated("bins-parent", [rkeys["apps"]], ["pkgs/*"], False)
+    succinct = SuccinctRoles(
+        keyids=[bins_key.public_key.keyid], threshold=1, bit_length=4, name_prefix="bin"
+    )
+    bins_parent.signed.delegations = Delegations(
+        keys={bins_key.public_key.keyid: bins_key.public_key}, roles=None, succinct_roles=succinct
+    )
     bins = {name: Metadata(Targets(expires=expires)) for name in succinct.get_roles()}
     for i in range(12):
         path = f"pkgs/pkg-{i}.deb"
-        add_target(bins[succinct.get_role_for_target(path)], path, f"package {i}\n".encode())
+        repo.add_target(bins[succinct.get_role_for_target(path)], path, f"package {i}\n".encode())
 
-    write_role("apps-beta", beta, rkeys["apps-beta"])
-    write_role("apps", apps, rkeys["apps"])
-    write_role("images", images, rkeys["images"])
-    write_role("decoy", decoy, rkeys["decoy"])
+    version = iter(range(2, 1000))
+    repo.write_targets_role("targets", targets, signers["targets"], next(version))
+    repo.write_targets_role("apps", apps, [rkeys["apps"]], next(version))
+    repo.write_targets_role("apps-beta", beta, [rkeys["apps-beta"]], next(version))
+    repo.write_targets_role("images", images, [rkeys["images"]], next(version))
+    repo.write_targets_role("decoy", decoy, [rkeys["decoy"]], next(version))
+    repo.write_targets_role("ci/nightly builds", nightly, [rkeys["ci/nightly builds"]], next(version))
+    repo.write_targets_role("bins-parent", bins_parent, [rkeys["bins-parent"]], next(version))
     for name, md in bins.items():
-        write_role(name, md, bins_key)
-    write_role("bins-parent", bins_parent, rkeys["apps"])
-    write_role("targets", targets, signers["targets"][0])
+        repo.write_targets_role(name, md, [bins_key], next(version))
 
-    snapshot = Metadata(Snapshot(expires=expires))
-    snapshot.signed.meta = roles_meta
-    snapshot.sign(signers["snapshot"][0])
+    snapshot = Metadata(Snapshot(expires=expires, version=next(version)))
+    snapshot.signed.meta = repo.snapshot_meta
+    for s in signers["snapshot"]:
+        snapshot.sign(s, append=True)
     snap_bytes = snapshot.to_bytes(SER)
-    with open(os.path.join(meta_dir, f"{snapshot.signed.version}.snapshot.json"), "wb") as f:
-        f.write(snap_bytes)
+    repo.write(f"{snapshot.signed.version}.snapshot.json", snap_bytes)
 
-    ts_expires = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1) if expired_ts else expires
-    timestamp = Metadata(Timestamp(expires=ts_expires))
-    timestamp.signed.snapshot_meta = MetaFile(version=1, length=len(snap_bytes), hashes={"sha256": hashlib.sha256(snap_bytes).hexdigest()})
+    ts_expires = now - timedelta(days=1) if expired_ts else expires
+    timestamp = Metadata(Timestamp(expires=ts_expires, version=next(version)))
+    timestamp.signed.snapshot_meta = MetaFile(
+        version=snapshot.signed.version,
+        length=len(snap_bytes),
+        hashes={"sha256": hashlib.sha256(snap_bytes).hexdigest()},
+    )
     timestamp.sign(signers["timestamp"][0])
-    timestamp.to_file(os.path.join(meta_dir, "timestamp.json"), SER)
+    repo.write("timestamp.json", timestamp.to_bytes(SER))
 
+    # What a client that downloads every target in "targets" trusts afterwards.
+    reached = ["targets", "apps", "apps-beta", "images", "ci/nightly builds", "bins-parent"]
+    reached += [n for n, md in bins.items() if md.signed.targets]
+    stored = {
+        "root.json": "3.root.json",
+        "timestamp.json": "timestamp.json",
+        "snapshot.json": f"{snapshot.signed.version}.snapshot.json",
+    }
+    stored.update({f"{quote(n)}.json": repo.served[n] for n in reached})
+    not_fetched = [f"{quote(n)}.json" for n in repo.served if n not in reached]
+    assert len(reached) - 6 >= 4, "the targets should land in several hash bins"
     with open(os.path.join(out, "expected.json"), "w") as f:
-        json.dump({"targets": expected, "roles": sorted(n.removesuffix(".json") for n in roles_meta)}, f)
+        json.dump(
+            {
+                "targets": repo.targets,
+                "stored": stored,
+                "not_fetched": not_fetched,
+                "shadowed": [shadowed],
+            },
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":
