@@ -187,7 +187,17 @@ fn listing(dir: &Path) -> Vec<String> {
 
 #[test]
 fn python_tuf_repository_is_refreshed_and_downloaded_by_aktualizr_rs() {
-    let r = PythonRepo::new(&[]);
+    refresh_and_download_everything(&PythonRepo::new(&[]));
+}
+
+/// python-tuf's defaults: compact JSON, snapshot and timestamp entries without length or hashes
+/// (our default size caps apply), 256 hash bins.
+#[test]
+fn python_tuf_repository_with_its_defaults_is_refreshed_and_downloaded_by_aktualizr_rs() {
+    refresh_and_download_everything(&PythonRepo::new(&["--python-defaults"]));
+}
+
+fn refresh_and_download_everything(r: &PythonRepo) {
     let md = r.path("client/metadata");
     let served = r.path("repo/metadata");
     let stored = r.expected["stored"].as_object().unwrap();
@@ -222,14 +232,19 @@ fn python_tuf_repository_is_refreshed_and_downloaded_by_aktualizr_rs() {
         .collect();
     let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
     ok(&r.download(&names));
+    // Stored under the target path percent-encoded, '/' included (Python's
+    // urllib.parse.quote(path, safe="")), and nothing else in the target dir.
     let td = r.path("client/targets");
+    let files = &r.expected["target_files"];
     for (name, content) in &targets {
-        let file = td.join(aktualizr_rs_metadata::names::encode_component(name));
+        let file = td.join(files[*name].as_str().unwrap());
         assert_eq!(String::from_utf8(read(file)).unwrap(), *content, "{name}");
     }
-    let mut expected_files: Vec<String> = names
-        .iter()
-        .map(|n| aktualizr_rs_metadata::names::encode_component(n))
+    let mut expected_files: Vec<String> = files
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|f| f.as_str().unwrap().to_owned())
         .collect();
     expected_files.sort();
     assert_eq!(listing(&td), expected_files, "target dir");
@@ -249,9 +264,7 @@ fn python_tuf_repository_is_refreshed_and_downloaded_by_aktualizr_rs() {
         let name = name.as_str().unwrap();
         let out = r.download(&[name]);
         assert_eq!(out.status.code(), Some(1), "{name} was found");
-        assert!(!td
-            .join(aktualizr_rs_metadata::names::encode_component(name))
-            .exists());
+        assert_eq!(listing(&td), expected_files, "target dir after {name}");
     }
     for local in r.expected["not_fetched"].as_array().unwrap() {
         assert!(
@@ -280,7 +293,13 @@ fn tampered_target_from_python_tuf_repository_is_not_stored() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!r.path("client/targets/apps%2Fhello.tar").exists());
+    // No target file, and no partial or temporary file either.
+    let td = r.path("client/targets");
+    assert!(
+        !td.exists() || listing(&td).is_empty(),
+        "{:?}",
+        listing(&td)
+    );
 }
 
 #[test]

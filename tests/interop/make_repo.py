@@ -1,6 +1,11 @@
 """Writes a TUF repository with python-tuf's Metadata API, for aktualizr-rs to read.
 
-Usage: make_repo.py OUT_DIR [--expired-timestamp]
+Usage: make_repo.py OUT_DIR [--expired-timestamp] [--python-defaults]
+
+--python-defaults writes what python-tuf does when nothing is asked of it: compact JSON
+(Metadata.to_bytes()), and snapshot and timestamp entries with a version only (no length, no
+hashes, so a client falls back to its default size caps); the hash bins use bit_length 8
+(256 bins) instead of 4.
 
 OUT_DIR/metadata: consistent snapshots, as python-tuf's repository examples lay them out:
   1.root.json, 2.root.json, 3.root.json (two key rotations, threshold 1 -> 2, each new root
@@ -11,6 +16,7 @@ OUT_DIR/metadata: consistent snapshots, as python-tuf's repository examples lay 
 OUT_DIR/targets: <dir>/<hash>.<basename>, for both the sha256 and the sha512 of each target.
 OUT_DIR/expected.json:
   "targets":     {target path: content} for every target a client can find;
+  "target_files": {target path: its file in the client's target dir}, quote(path, safe="");
   "stored":      {file in the client's metadata dir: file served under OUT_DIR/metadata} for
                  every role that downloading all those targets reaches;
   "not_fetched": files the client must never fetch (behind a terminating delegation, or hash
@@ -23,8 +29,10 @@ Delegations from targets, searched in this order:
   apps            paths apps/*       -> apps-beta (nested) paths apps/beta-*
   images          paths images/*     terminating: "decoy" (also images/*) is never reached
   decoy           paths images/*
-  ci/nightly builds  paths nightly/* (a role name that must be percent-encoded)
+  ci/nightly büilds  paths nightly/* (a role name that must be percent-encoded, '/' included)
+  by-hash         path_hash_prefixes (the sha256 of "hashed/x.bin" starts with one of them)
   bins-parent     paths pkgs/*       -> succinct hash bins bin-0 .. bin-f (bit_length 4)
+                                        or bin-00 .. bin-ff (bit_length 8)
 """
 
 import hashlib
@@ -50,9 +58,10 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-# Indented output, as python-tuf repositories usually are: the bytes differ from the canonical
-# form, so a client that verifies a re-serialization instead of the bytes received would fail.
+# Indented output by default: the bytes differ from the canonical form, so a client that
+# verifies a re-serialization instead of the bytes received would fail.
 SER = JSONSerializer(compact=False)
+VERSION_ONLY = False
 
 
 def quote(name: str) -> str:
@@ -96,9 +105,15 @@ class Repo:
         fname = f"{version}.{quote(name)}.json"
         self.write(fname, data)
         self.served[name] = fname
-        self.snapshot_meta[f"{name}.json"] = MetaFile(
-            version=version, length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}
-        )
+        self.snapshot_meta[f"{name}.json"] = meta_file(version, data)
+
+
+def meta_file(version: int, data: bytes) -> MetaFile:
+    if VERSION_ONLY:
+        return MetaFile(version=version)
+    return MetaFile(
+        version=version, length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}
+    )
 
 
 def delegated(name: str, keys: list, paths: list, terminating: bool = False) -> DelegatedRole:
@@ -112,8 +127,12 @@ def delegated(name: str, keys: list, paths: list, terminating: bool = False) -> 
 
 
 def main() -> None:
+    global SER, VERSION_ONLY
     out = sys.argv[1]
     expired_ts = "--expired-timestamp" in sys.argv
+    bin_bits = 4
+    if "--python-defaults" in sys.argv:
+        SER, VERSION_ONLY, bin_bits = JSONSerializer(compact=True), True, 8
     repo = Repo(out)
     now = datetime.now(timezone.utc).replace(microsecond=0)
     expires = now + timedelta(days=365)
@@ -158,7 +177,7 @@ def main() -> None:
     write_root([old_ed, rsa_root, ecdsa_root])
 
     # Delegated roles, one key each; the hash bins share an ECDSA key.
-    names = ["apps", "apps-beta", "images", "decoy", "ci/nightly builds", "bins-parent"]
+    names = ["apps", "apps-beta", "images", "decoy", "ci/nightly büilds", "by-hash", "bins-parent"]
     rkeys = {n: CryptoSigner.generate_ed25519() for n in names}
     rkeys["images"] = CryptoSigner.generate_rsa()
     bins_key = CryptoSigner.generate_ecdsa()
@@ -166,15 +185,25 @@ def main() -> None:
     targets = Metadata(Targets(expires=expires))
     repo.add_target(targets, "README.txt", b"top-level target\n")
     repo.add_target(targets, "dir/sub/file.txt", b"a file in a subdirectory\n")
-    top_level = ["apps", "images", "decoy", "ci/nightly builds", "bins-parent"]
+    top_level = ["apps", "images", "decoy", "ci/nightly büilds", "by-hash", "bins-parent"]
+    hashed = "hashed/x.bin"
+    prefix = hashlib.sha256(hashed.encode()).hexdigest()[:4]
+    other = "0000" if prefix != "0000" else "ffff"
     targets.signed.delegations = Delegations(
         keys={rkeys[n].public_key.keyid: rkeys[n].public_key for n in top_level},
         roles={
             "apps": delegated("apps", [rkeys["apps"]], ["apps/*"]),
             "images": delegated("images", [rkeys["images"]], ["images/*"], terminating=True),
             "decoy": delegated("decoy", [rkeys["decoy"]], ["images/*"]),
-            "ci/nightly builds": delegated(
-                "ci/nightly builds", [rkeys["ci/nightly builds"]], ["nightly/*"]
+            "ci/nightly büilds": delegated(
+                "ci/nightly büilds", [rkeys["ci/nightly büilds"]], ["nightly/*"]
+            ),
+            "by-hash": DelegatedRole(
+                name="by-hash",
+                keyids=[rkeys["by-hash"].public_key.keyid],
+                threshold=1,
+                terminating=False,
+                path_hash_prefixes=[other, prefix],
             ),
             "bins-parent": delegated("bins-parent", [rkeys["bins-parent"]], ["pkgs/*"]),
         },
@@ -196,11 +225,13 @@ def main() -> None:
     decoy.signed.targets[shadowed] = TargetFile.from_data(shadowed, b"evil", ["sha256"])
 
     nightly = Metadata(Targets(expires=expires))
-    repo.add_target(nightly, "nightly/build 1.bin", b"a nightly build, role name encoded\n")
+    repo.add_target(nightly, "nightly/büild 1.bin", b"a nightly build, role name encoded\n")
+    by_hash = Metadata(Targets(expires=expires))
+    repo.add_target(by_hash, hashed, b"found by path_hash_prefixes\n")
 
     bins_parent = Metadata(Targets(expires=expires))
     succinct = SuccinctRoles(
-        keyids=[bins_key.public_key.keyid], threshold=1, bit_length=4, name_prefix="bin"
+        keyids=[bins_key.public_key.keyid], threshold=1, bit_length=bin_bits, name_prefix="bin"
     )
     bins_parent.signed.delegations = Delegations(
         keys={bins_key.public_key.keyid: bins_key.public_key}, roles=None, succinct_roles=succinct
@@ -216,7 +247,8 @@ def main() -> None:
     repo.write_targets_role("apps-beta", beta, [rkeys["apps-beta"]], next(version))
     repo.write_targets_role("images", images, [rkeys["images"]], next(version))
     repo.write_targets_role("decoy", decoy, [rkeys["decoy"]], next(version))
-    repo.write_targets_role("ci/nightly builds", nightly, [rkeys["ci/nightly builds"]], next(version))
+    repo.write_targets_role("ci/nightly büilds", nightly, [rkeys["ci/nightly büilds"]], next(version))
+    repo.write_targets_role("by-hash", by_hash, [rkeys["by-hash"]], next(version))
     repo.write_targets_role("bins-parent", bins_parent, [rkeys["bins-parent"]], next(version))
     for name, md in bins.items():
         repo.write_targets_role(name, md, [bins_key], next(version))
@@ -230,16 +262,13 @@ def main() -> None:
 
     ts_expires = now - timedelta(days=1) if expired_ts else expires
     timestamp = Metadata(Timestamp(expires=ts_expires, version=next(version)))
-    timestamp.signed.snapshot_meta = MetaFile(
-        version=snapshot.signed.version,
-        length=len(snap_bytes),
-        hashes={"sha256": hashlib.sha256(snap_bytes).hexdigest()},
-    )
+    timestamp.signed.snapshot_meta = meta_file(snapshot.signed.version, snap_bytes)
     timestamp.sign(signers["timestamp"][0])
     repo.write("timestamp.json", timestamp.to_bytes(SER))
 
     # What a client that downloads every target in "targets" trusts afterwards.
-    reached = ["targets", "apps", "apps-beta", "images", "ci/nightly builds", "bins-parent"]
+    reached = ["targets", "apps", "apps-beta", "images", "ci/nightly büilds", "by-hash"]
+    reached += ["bins-parent"]
     reached += [n for n, md in bins.items() if md.signed.targets]
     stored = {
         "root.json": "3.root.json",
@@ -248,11 +277,12 @@ def main() -> None:
     }
     stored.update({f"{quote(n)}.json": repo.served[n] for n in reached})
     not_fetched = [f"{quote(n)}.json" for n in repo.served if n not in reached]
-    assert len(reached) - 6 >= 4, "the targets should land in several hash bins"
+    assert len(reached) - 7 >= 4, "the targets should land in several hash bins"
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(
             {
                 "targets": repo.targets,
+                "target_files": {p: quote(p) for p in repo.targets},
                 "stored": stored,
                 "not_fetched": not_fetched,
                 "shadowed": [shadowed],

@@ -2,10 +2,10 @@
 
 Usage: serve.py DIR PORTFILE [--delay-objects SECONDS]
 --delay-objects makes every request under /objects/ wait first (a stalled treehub).
-A path segment that decodes to a name containing '/' (a role name such as "ci/nightly builds",
-requested as "1.ci%2Fnightly%20builds.json") names one file, stored under
-urllib.parse.quote(name, safe="") the way TUF clients name role files; every other path is
-served as SimpleHTTPRequestHandler does.
+A file stored under the percent-encoded form of each name in the request path
+(urllib.parse.quote(name, safe=""), the way TUF clients name role files: the role
+"ci/nightly builds" is requested as and stored as "1.ci%2Fnightly%20builds.json") is served
+first; otherwise paths are served as SimpleHTTPRequestHandler does.
 HTTP/1.1 with keep-alive and TCP_NODELAY (without it every request waits ~40 ms on
 delayed ACKs). Stops on SIGTERM.
 """
@@ -28,13 +28,15 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def translate_path(self, path):
+        # Percent-encoded names first (a role "ci/nightly builds" is requested as
+        # "1.ci%2Fnightly%20builds.json" and stored under that name), then the plain way.
         raw = path.split("?", 1)[0].split("#", 1)[0]
         names = [urllib.parse.unquote(s) for s in raw.split("/") if s]
-        if not any("/" in n for n in names):
-            return super().translate_path(path)
-        if any(n in (".", "..") for n in names):
-            return os.path.join(self.directory, ".refused")
-        return os.path.join(self.directory, *(urllib.parse.quote(n, safe="") for n in names))
+        if names and not any(n in (".", "..") for n in names):
+            quoted = os.path.join(self.directory, *(urllib.parse.quote(n, safe="") for n in names))
+            if os.path.isfile(quoted):
+                return quoted
+        return super().translate_path(path)
 
     def do_GET(self):  # noqa: N802
         if DELAY and "/objects/" in self.path:
