@@ -385,11 +385,18 @@ fn write_our_repository(dir: &Path) -> Vec<(&'static str, &'static [u8])> {
     let files: Vec<(&'static str, &'static [u8])> = vec![
         ("top.txt", b"top-level\n"),
         ("dir/sub/deep.txt", b"in a subdirectory\n"),
+        ("dir/\u{fc}n\u{ef}code.txt", b"a UTF-8 target path\n"),
         ("delegated/app.bin", b"from the delegated role\n"),
     ];
+    // Unrecognized fields python-tuf keeps and re-encodes to verify our signatures: the
+    // canonical form must agree on UTF-8, escapes (only '"' and '\\'), control characters,
+    // integers, null, nesting and key order.
+    let custom = json!({"hardwareIds": ["\u{fc}-board"], "quote": "a\"b\\c", "tab": "x\ty",
+        "n": -3, "big": 18_446_744_073_709_551_615_u64, "nested": {"z": [1, true, null], "a": {}}});
     let (mut top, mut deleg) = (Map::new(), Map::new());
     for (path, content) in &files {
-        let info = json!({"length": content.len(), "hashes": {"sha256": sha256(content)}});
+        let info = json!({"length": content.len(), "hashes": {"sha256": sha256(content)},
+            "custom": custom});
         let (d, base) = path
             .rsplit_once('/')
             .map_or(("".to_owned(), *path), |(d, b)| (format!("{d}/"), b));

@@ -88,6 +88,16 @@ class Repo:
 
     def add_target(self, md: Metadata, path: str, content: bytes) -> None:
         info = TargetFile.from_data(path, content, ["sha256", "sha512"])
+        # Kept by the client, and part of what was signed: escapes, UTF-8 (written as \u00fc
+        # by json.dumps), a control character, a big integer, null and nesting.
+        info.unrecognized_fields["custom"] = {
+            "hardwareIds": ["\u00fc-board"],
+            "quote": 'a"b\\c',
+            "tab": "x\ty",
+            "n": -3,
+            "big": 2**64 - 1,
+            "nested": {"z": [1, True, None], "a": {}},
+        }
         md.signed.targets[path] = info
         dirname, _, basename = path.rpartition("/")
         for h in info.hashes.values():
