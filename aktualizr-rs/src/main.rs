@@ -145,7 +145,15 @@ fn run_tuf(args: TufArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The hidden first argument that runs this binary as the image store's pull worker (the
+/// daemon pulls in a child process it can kill when the treehub stalls).
+pub const PULL_WORKER_ARG: &str = "__pull-worker";
+
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == PULL_WORKER_ARG) {
+        return aktualizr_rs_store::worker_main(args.collect());
+    }
     let cli = Cli::parse();
     init_logging(cli.loglevel);
     let result = match cli.command {

@@ -7,8 +7,9 @@
 //! What it is not: a verifier. Trust comes from Uptane (`metadata/`): the commit checksum
 //! given here is the target's verified sha256, and GPG verification is off.
 //!
-//! Every libostree call blocks. [`Store`] offers the blocking calls; [`pull`] runs a pull in
-//! `spawn_blocking` with a `gio::Cancellable` that is cancelled when the future is dropped.
+//! Every libostree call blocks. [`Store`] offers the blocking calls; [`pull`] runs a pull in a
+//! worker process (see [`worker`]) that a stall detector kills when the transfer stalls, and
+//! that is killed when the future is dropped.
 //!
 //! ```no_run
 //! use aktualizr_rs_store::{Commit, PullOptions, Store};
@@ -22,8 +23,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ostree::gio;
-use ostree::gio::prelude::CancellableExt as _;
+use ostree::gio::prelude::FileExt as _;
 use ostree::glib;
+
+pub mod worker;
+pub use worker::{pull, worker_main, Worker};
 
 /// The default directory of the reboot sentinel (aktualizr's `[bootloader] reboot_sentinel_dir`).
 pub const DEFAULT_REBOOT_SENTINEL_DIR: &str = "/run/aktualizr-session";
@@ -66,6 +70,35 @@ pub enum Error {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// The transfer stayed below the low-speed limit for the low-speed window.
+    #[error("pulling commit {commit} stalled: below {limit} bytes/s for {seconds} s (after {} objects, {} bytes)", stats.fetched, stats.bytes)]
+    Stalled {
+        /// The commit being pulled.
+        commit: Commit,
+        /// The low-speed limit, bytes per second.
+        limit: u32,
+        /// The low-speed window, seconds.
+        seconds: u32,
+        /// What had been transferred.
+        stats: PullStats,
+    },
+    /// The pull worker reported an error (its message).
+    #[error("{0}")]
+    Pull(String),
+    /// The pull worker misbehaved (could not start, died, spoke nonsense).
+    #[error("pull worker: {0}")]
+    Worker(String),
+    /// The repository's filesystem has less free space than the repository reserves
+    /// (`core.min-free-space-size` / `core.min-free-space-percent`).
+    #[error("not enough free space in {repo}: {free} bytes free, the repository reserves {reserved} bytes (core.min-free-space-size/-percent in its config)")]
+    NoSpace {
+        /// The repository path.
+        repo: PathBuf,
+        /// Free bytes.
+        free: u64,
+        /// Reserved bytes.
+        reserved: u64,
     },
     /// The OS name is not known and cannot be found (nothing booted, none configured).
     #[error("no OS name configured and none can be derived from {0}")]
@@ -128,13 +161,12 @@ pub struct PullOptions {
     pub headers: Vec<(String, String)>,
     /// A transfer slower than this many bytes per second ...
     ///
-    /// Passed to libostree as the `low-speed-limit-bytes` pull option, which libostree 2022.7
-    /// (Debian 12) does not know and ignores: measured here, a treehub that stops answering
-    /// holds the pull until it answers. Stall detection needs a watchdog of our own that can
-    /// end the pull (open work, see docs/ARCHITECTURE.md).
+    /// Applied by [`pull`]'s stall detector, which kills the worker process. Also passed to
+    /// libostree as the `low-speed-limit-bytes` pull option, which libostree 2022.7 (Debian
+    /// 12) ignores and later versions apply themselves.
     pub low_speed_limit_bytes: u32,
     /// ... for this many seconds fails (a stall), while a slow but moving one goes on
-    /// (`low-speed-time-seconds`; same caveat).
+    /// (`low-speed-time-seconds`).
     pub low_speed_time_seconds: u32,
     /// Retries of a failed network request.
     pub network_retries: u32,
@@ -247,6 +279,7 @@ impl Store {
         if is_complete(&repo, commit) {
             return Ok(PullStats::default());
         }
+        check_free_space(&repo)?;
         let remote_opts = glib::VariantDict::new(None);
         remote_opts.insert("gpg-verify", false);
         remote_opts.insert("gpg-verify-summary", false);
@@ -291,29 +324,30 @@ impl Store {
         if !opts.headers.is_empty() {
             pull_opts.insert("http-headers", opts.headers.clone());
         }
-        let progress = ostree::AsyncProgress::new();
         let stats = std::rc::Rc::new(std::cell::RefCell::new(PullStats::default()));
-        {
-            let stats = stats.clone();
-            // connect_changed wants a Fn; the callback is FnMut.
-            let on_progress = std::cell::RefCell::new(on_progress);
-            progress.connect_changed(move |p| {
-                let mut s = stats.borrow_mut();
-                s.fetched = p.uint("fetched");
-                s.requested = p.uint("requested");
-                s.bytes = p.uint64("bytes-transferred");
-                (on_progress.borrow_mut())(&s);
-            });
-        }
         // A main context of this thread's own: the pull iterates the thread-default context,
-        // and two pulls on two threads must not share the global one.
+        // and two pulls on two threads must not share the global one. The AsyncProgress must
+        // be made inside it: it signals on the context that was the default when it was made.
         let context = glib::MainContext::new();
         let result = context
             .with_thread_default(|| {
-                repo.pull_with_options(REMOTE, &pull_opts.end(), Some(&progress), Some(cancel))
+                let progress = ostree::AsyncProgress::new();
+                let stats = stats.clone();
+                // connect_changed wants a Fn; the callback is FnMut.
+                let on_progress = std::cell::RefCell::new(on_progress);
+                progress.connect_changed(move |p| {
+                    let mut s = stats.borrow_mut();
+                    s.fetched = p.uint("fetched");
+                    s.requested = p.uint("requested");
+                    s.bytes = p.uint64("bytes-transferred");
+                    (on_progress.borrow_mut())(&s);
+                });
+                let result =
+                    repo.pull_with_options(REMOTE, &pull_opts.end(), Some(&progress), Some(cancel));
+                progress.finish();
+                result
             })
             .map_err(Error::MainContext)?;
-        progress.finish();
         result.map_err(ostree_err(format!(
             "pulling commit {commit} from {}",
             opts.url
@@ -425,47 +459,29 @@ impl Store {
     }
 }
 
-/// Cancels libostree work when dropped (with the future that owns it).
-struct CancelOnDrop(gio::Cancellable);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
+/// Refuses when the repository's filesystem is already at or below the space the repository
+/// reserves: libostree would fail part-way through the pull.
+fn check_free_space(repo: &ostree::Repo) -> Result<()> {
+    let repo_dir = repo.path();
+    let path = repo_dir.path().unwrap_or_default();
+    let reserved = repo
+        .min_free_space_bytes()
+        .map_err(ostree_err("reading the repository's min-free-space"))?;
+    let info = repo_dir
+        .query_filesystem_info("filesystem::free", gio::Cancellable::NONE)
+        .map_err(ostree_err(format!(
+            "reading the free space of {}",
+            path.display()
+        )))?;
+    let free = info.attribute_uint64("filesystem::free");
+    if free <= reserved {
+        return Err(Error::NoSpace {
+            repo: path,
+            free,
+            reserved,
+        });
     }
-}
-
-/// Pulls `commit` into the sysroot at `sysroot` on a blocking thread, sending progress to
-/// `progress` as it comes. Dropping the returned future cancels the pull; measured with
-/// libostree 2022.7, the cancel takes effect only when the outstanding HTTP requests return
-/// (a stalled treehub holds the thread until it answers).
-pub async fn pull(
-    sysroot: PathBuf,
-    os: Option<String>,
-    commit: Commit,
-    opts: PullOptions,
-    progress: Option<tokio::sync::mpsc::UnboundedSender<PullStats>>,
-) -> Result<PullStats> {
-    let guard = CancelOnDrop(gio::Cancellable::new());
-    let cancel = guard.0.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&sysroot, os.as_deref())?;
-        store.pull_cancellable(
-            &commit,
-            &opts,
-            move |s| {
-                if let Some(tx) = &progress {
-                    let _ = tx.send(s.clone());
-                }
-            },
-            &cancel,
-        )
-    });
-    let result = task.await.map_err(|e| Error::Io {
-        what: "the pull thread".into(),
-        source: std::io::Error::other(e),
-    })?;
-    drop(guard);
-    result
+    Ok(())
 }
 
 fn is_complete(repo: &ostree::Repo, commit: &Commit) -> bool {

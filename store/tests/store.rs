@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use aktualizr_rs_store::{write_reboot_sentinel, Commit, PullOptions, Store};
+use aktualizr_rs_store::{pull, write_reboot_sentinel, Commit, Error, PullOptions, Store, Worker};
 
 const OS: &str = "fakeos";
 const REF: &str = "fakeos/x86_64/stable";
@@ -44,8 +44,13 @@ impl Drop for Server {
     }
 }
 
-/// Serves `dir` on an ephemeral 127.0.0.1 port.
+/// Serves `dir` on an ephemeral 127.0.0.1 port (plain HTTP).
 fn serve(dir: &Path) -> Server {
+    serve_with(dir, &[], "http")
+}
+
+/// Serves `dir` with serve.py's `extra` options, as `scheme`.
+fn serve_with(dir: &Path, extra: &[&str], scheme: &str) -> Server {
     let portfile = dir.with_extension("port");
     let _ = std::fs::remove_file(&portfile);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/serve.py");
@@ -53,6 +58,7 @@ fn serve(dir: &Path) -> Server {
         .arg(script)
         .arg(dir)
         .arg(&portfile)
+        .args(extra)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -63,7 +69,7 @@ fn serve(dir: &Path) -> Server {
         assert!(Instant::now() < deadline, "serve.py did not start");
         std::thread::sleep(Duration::from_millis(20));
     };
-    Server(child, format!("http://127.0.0.1:{}", port.trim()))
+    Server(child, format!("{scheme}://127.0.0.1:{}", port.trim()))
 }
 
 /// A treehub (archive repo) served on 127.0.0.1 and an unbooted sysroot with `fakeos`.
@@ -352,24 +358,43 @@ fn deploying_keeps_pending_and_one_rollback_and_prunes_older_commits() {
     f.fsck();
 }
 
-#[test]
-fn async_pull_runs_off_the_runtime_and_reports_progress() {
-    let f = Fixture::new();
-    let v1 = f.commit(1, &[]);
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// The worker binary of this crate.
+fn worker() -> Worker {
+    Worker::new(env!("CARGO_BIN_EXE_aktualizr-rs-store-worker"), &[])
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// The number of objects in the served repository (all of them belong to the commits).
+fn served_objects(f: &Fixture) -> u32 {
+    let mut n = 0;
+    for dir in std::fs::read_dir(f.path("srv/objects")).unwrap() {
+        n += std::fs::read_dir(dir.unwrap().path()).unwrap().count() as u32;
+    }
+    n
+}
+
+#[test]
+fn worker_pull_reports_progress_and_deploys() {
+    let f = Fixture::new();
+    let v1 = f.commit(1, &[]);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stats = rt
-        .block_on(aktualizr_rs_store::pull(
-            f.path("sysroot"),
-            Some(OS.into()),
-            v1.clone(),
-            f.opts(),
+    let stats = runtime()
+        .block_on(pull(
+            &worker(),
+            &f.path("sysroot"),
+            Some(OS),
+            &v1,
+            &f.opts(),
             Some(tx),
         ))
         .unwrap();
+    assert!(stats.fetched >= served_objects(&f), "{stats:?}");
     let mut last = None;
     while let Ok(s) = rx.try_recv() {
         last = Some(s);
@@ -380,4 +405,302 @@ fn async_pull_runs_off_the_runtime_and_reports_progress() {
         "the last progress report is the final count"
     );
     f.store().deploy(&v1, None).unwrap();
+    f.fsck();
+}
+
+#[test]
+fn worker_errors_come_back_with_the_workers_message() {
+    let f = Fixture::new();
+    f.commit(1, &[]);
+    let missing: Commit = "0".repeat(64).parse().unwrap();
+    let err = runtime()
+        .block_on(pull(
+            &worker(),
+            &f.path("sysroot"),
+            Some(OS),
+            &missing,
+            &f.opts(),
+            None,
+        ))
+        .unwrap_err();
+    assert!(matches!(err, Error::Pull(_)), "{err:?}");
+    assert!(err.to_string().contains(&"0".repeat(64)), "{err}");
+    let missing_worker = Worker::new("/nonexistent/worker", &[]);
+    let err = runtime()
+        .block_on(pull(
+            &missing_worker,
+            &f.path("sysroot"),
+            Some(OS),
+            &missing,
+            &f.opts(),
+            None,
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/worker"), "{err}");
+}
+
+#[test]
+fn stalled_treehub_fails_within_the_low_speed_window() {
+    let mut f = Fixture::new();
+    let v1 = f.commit(1, &[]);
+    // Every object request hangs for 10 minutes: a treehub that stopped answering.
+    f.server = serve_with(&f.path("srv"), &["--delay-objects", "600"], "http");
+    let mut opts = f.opts();
+    opts.low_speed_limit_bytes = 1;
+    opts.low_speed_time_seconds = 2;
+    let started = Instant::now();
+    let err = runtime()
+        .block_on(pull(
+            &worker(),
+            &f.path("sysroot"),
+            Some(OS),
+            &v1,
+            &opts,
+            None,
+        ))
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+    assert!(err.to_string().contains("below 1 bytes/s for 2 s"), "{err}");
+    // Not a timing test: a pull that waited for the server would take ten minutes.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert!(f.store().deployments().unwrap().is_empty());
+    f.fsck();
+}
+
+#[test]
+fn slow_but_moving_treehub_completes() {
+    let mut f = Fixture::new();
+    let files = many_files(120, "slow");
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let v1 = f.commit(1, &refs);
+    // Each object takes 0.3 s: the pull takes longer than the 2 s low-speed window, but
+    // bytes keep arriving every second.
+    f.server = serve_with(&f.path("srv"), &["--delay-objects", "0.3"], "http");
+    let mut opts = f.opts();
+    opts.low_speed_limit_bytes = 1;
+    opts.low_speed_time_seconds = 2;
+    let started = Instant::now();
+    let stats = runtime()
+        .block_on(pull(
+            &worker(),
+            &f.path("sysroot"),
+            Some(OS),
+            &v1,
+            &opts,
+            None,
+        ))
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(3),
+        "the pull must outlast the low-speed window for this test to mean anything: {took:?}"
+    );
+    assert!(stats.fetched >= served_objects(&f), "{stats:?}");
+    f.fsck();
+}
+
+#[test]
+fn pull_killed_half_way_leaves_a_consistent_repo_and_resumes() {
+    let mut f = Fixture::new();
+    let files = many_files(300, "kill");
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let v1 = f.commit(1, &refs);
+    let total = served_objects(&f);
+    f.server = serve_with(&f.path("srv"), &["--delay-objects", "0.05"], "http");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aktualizr-rs-store-worker"))
+        .args(["--sysroot", f.path("sysroot").to_str().unwrap()])
+        .args(["--os", OS, "--commit", v1.as_str(), "--url", &f.server.1])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead as _;
+    let mut fetched_before_kill = 0;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let fetched: u32 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        if fetched >= total / 3 {
+            fetched_before_kill = fetched;
+            break;
+        }
+        assert!(line.starts_with("progress"), "finished too early: {line}");
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(fetched_before_kill > 0 && fetched_before_kill < total);
+    f.fsck();
+
+    let store = f.store();
+    let rest = store.pull(&v1, &f.opts(), |_| {}).unwrap();
+    // Objects that were in flight at the kill are fetched again (at most libostree's
+    // outstanding requests, plus those written but not yet reported).
+    assert!(
+        rest.fetched <= total - fetched_before_kill + 16,
+        "fetched {} again of {total} after {fetched_before_kill} had arrived",
+        rest.fetched
+    );
+    store.deploy(&v1, None).unwrap();
+    f.fsck();
+}
+
+#[test]
+fn extra_headers_are_sent_with_every_request() {
+    let mut f = Fixture::new();
+    let v1 = f.commit(1, &[]);
+    f.server = serve_with(
+        &f.path("srv"),
+        &["--require-header", "X-Device-Token: s3cret"],
+        "http",
+    );
+    let store = f.store();
+    let err = store.pull(&v1, &f.opts(), |_| {}).unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    let mut opts = f.opts();
+    opts.headers = vec![("X-Device-Token".into(), "s3cret".into())];
+    let stats = store.pull(&v1, &opts, |_| {}).unwrap();
+    assert!(stats.fetched >= served_objects(&f), "{stats:?}");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is missing: run scripts/setup");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn make_pki(dir: &Path) {
+    let key = |name: &str| {
+        openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "ed25519",
+                "-out",
+                &format!("{name}.key"),
+            ],
+        )
+    };
+    key("ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=test CA",
+            "-days",
+            "2",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        key(name);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-subj",
+                &format!("/CN={name}"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn pulls_over_https_with_a_client_certificate() {
+    let mut f = Fixture::new();
+    let v1 = f.commit(1, &[]);
+    let pki = f.path("pki");
+    std::fs::create_dir(&pki).unwrap();
+    make_pki(&pki);
+    let p = |n: &str| pki.join(n).to_str().unwrap().to_owned();
+    f.server = serve_with(
+        &f.path("srv"),
+        &["--tls", &p("server.pem"), &p("server.key"), &p("ca.pem")],
+        "https",
+    );
+    let store = f.store();
+    let mut opts = f.opts();
+    opts.tls_ca = Some(pki.join("ca.pem"));
+    // Without a client certificate the server refuses the handshake.
+    assert!(store.pull(&v1, &opts, |_| {}).is_err());
+    opts.tls_client_cert = Some(pki.join("client.pem"));
+    opts.tls_client_key = Some(pki.join("client.key"));
+    let stats = store.pull(&v1, &opts, |_| {}).unwrap();
+    assert!(stats.fetched >= served_objects(&f), "{stats:?}");
+    store.deploy(&v1, Some("fakeos-v1")).unwrap();
+    f.fsck();
+}
+
+#[test]
+fn pull_refuses_when_the_repository_reserve_would_be_crossed() {
+    let f = Fixture::new();
+    let v1 = f.commit(1, &[]);
+    ostree(&[
+        "config",
+        &format!("--repo={}", f.path("sysroot/ostree/repo").display()),
+        "set",
+        "core.min-free-space-size",
+        "100000TB",
+    ]);
+    let err = f.store().pull(&v1, &f.opts(), |_| {}).unwrap_err();
+    assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
+    assert!(err.to_string().contains("min-free-space"), "{err}");
+    // Nothing was fetched.
+    assert!(!f
+        .path("sysroot/ostree/repo/objects")
+        .read_dir()
+        .unwrap()
+        .any(|d| { d.unwrap().path().read_dir().unwrap().next().is_some() }));
 }
