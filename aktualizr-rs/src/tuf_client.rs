@@ -7,7 +7,7 @@ use std::time::Duration;
 use aktualizr_rs_metadata::{names, Fetch, Limits, MetadataCache, Timestamp, TrustedSet, Updater};
 use anyhow::{bail, Context as _, Result};
 
-use crate::fsutil::atomic_write;
+use aktualizr_rs_fsutil::atomic_write;
 
 /// Fetches files relative to a base URL with reqwest, one request at a time, reading at most
 /// the cap plus one byte.
