@@ -8,72 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use aktualizr_rs_metadata::{sign_envelope, Scheme, SigningKey};
 use serde_json::{json, Map, Value};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("AKTUALIZR_RS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
-    assert!(
-        p.exists(),
-        "python-tuf venv not found at {}: run scripts/setup (or set AKTUALIZR_RS_PYTHON)",
-        p.display()
-    );
-    p
-}
-
-fn script(name: &str) -> PathBuf {
-    workspace().join("tests/interop").join(name)
-}
-
-/// `serve.py` on an ephemeral 127.0.0.1 port, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let portfile = dir.with_extension("port");
-        let _ = std::fs::remove_file(&portfile);
-        let child = Command::new(python())
-            .arg(script("serve.py"))
-            .arg(dir)
-            .arg(&portfile)
-            .spawn()
-            .expect("starting serve.py");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&portfile) {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "serve.py did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Server {
-            child,
-            url: format!("http://127.0.0.1:{}", port.trim()),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use aktualizr_rs_testsupport::{interop_script as script, python, ServePy as Server};
 
 fn aktualizr(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"))

@@ -6,34 +6,12 @@
 
 use std::process::Command;
 
-fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree")
-        .args(args)
-        .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
-        .output()
-        .expect("the ostree CLI is missing: run scripts/setup");
-    assert!(
-        out.status.success(),
-        "ostree {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use aktualizr_rs_testsupport::{commit_fake_os, ostree};
 
 #[test]
 fn status_shows_deployments_by_commit_and_the_reboot_sentinel() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |rel: &str| tmp.path().join(rel);
-    let root = p("rootfs");
-    std::fs::create_dir_all(root.join("usr/lib/modules/6.1.0-test")).unwrap();
-    std::fs::create_dir_all(root.join("usr/etc")).unwrap();
-    std::fs::write(root.join("usr/lib/modules/6.1.0-test/vmlinuz"), b"kernel").unwrap();
-    std::fs::write(
-        root.join("usr/lib/modules/6.1.0-test/initramfs.img"),
-        b"initrd",
-    )
-    .unwrap();
-    std::fs::write(root.join("usr/etc/os-release"), b"ID=fakeos\n").unwrap();
     let sysroot = p("sysroot");
     std::fs::create_dir(&sysroot).unwrap();
     let s = sysroot.to_str().unwrap();
@@ -41,16 +19,14 @@ fn status_shows_deployments_by_commit_and_the_reboot_sentinel() {
     ostree(&["admin", "os-init", "fakeos", "--sysroot", s]);
     let repo = format!("--repo={s}/ostree/repo");
     ostree(&["config", &repo, "set", "sysroot.bootloader", "none"]);
-    let commit = ostree(&[
-        "commit",
-        &repo,
-        "-b",
+    let commit = commit_fake_os(
+        &sysroot.join("ostree/repo"),
+        tmp.path(),
         "fakeos/stable",
-        "--add-metadata-string=version=7",
-        "--bootable",
-        root.to_str().unwrap(),
-    ]);
-    let commit = commit.trim();
+        7,
+        &[],
+    );
+    let commit = commit.as_str();
     ostree(&[
         "admin",
         "deploy",

@@ -18,7 +18,11 @@ mod serve;
 use repo::{Backend, Kind};
 
 #[derive(Debug, Parser)]
-#[command(name = "uptane-repo", version, about = "A local OTA backend: Uptane Director and Image repositories, treehub, device API over mutual TLS")]
+#[command(
+    name = "uptane-repo",
+    version,
+    about = "A local OTA backend: Uptane Director and Image repositories, treehub, device API over mutual TLS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -179,7 +183,9 @@ pub(crate) fn check_device_id(id: &str) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !ok {
-        bail!("{id:?} is not a usable device ID (1-64 of A-Z a-z 0-9 - _ ., not starting with '.')");
+        bail!(
+            "{id:?} is not a usable device ID (1-64 of A-Z a-z 0-9 - _ ., not starting with '.')"
+        );
     }
     Ok(())
 }
@@ -192,7 +198,10 @@ fn device_dir(b: &Backend, id: &str) -> PathBuf {
 fn issue_and_record(b: &Backend, id: &str, hardware_id: Option<&str>) -> Result<(String, String)> {
     check_device_id(id)?;
     if b.device(id).is_ok() {
-        bail!("device {id:?} is already provisioned ({})", device_dir(b, id).display());
+        bail!(
+            "device {id:?} is already provisioned ({})",
+            device_dir(b, id).display()
+        );
     }
     let (cert, key) = pki::issue_device(&b.dir, id)?;
     let dir = device_dir(b, id);
@@ -275,7 +284,11 @@ fn ostree(args: &[&str]) -> Result<String> {
 fn treehub(b: &Backend) -> Result<String> {
     let path = b.path("treehub");
     if !path.join("config").exists() {
-        ostree(&["init", "--mode=archive", &format!("--repo={}", path.display())])?;
+        ostree(&[
+            "init",
+            "--mode=archive",
+            &format!("--repo={}", path.display()),
+        ])?;
     }
     Ok(format!("--repo={}", path.display()))
 }
@@ -430,7 +443,10 @@ fn run(cli: Cli) -> Result<()> {
             name,
             version,
             hardware_ids,
-        } => println!("{}", add_file(&Backend::open(&dir)?, &file, name, version, hardware_ids)?),
+        } => println!(
+            "{}",
+            add_file(&Backend::open(&dir)?, &file, name, version, hardware_ids)?
+        ),
         Cmd::Assign {
             dir,
             device,

@@ -18,9 +18,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
 use aktualizr_rs_fsutil::atomic_write;
 use aktualizr_rs_metadata::{sign_envelope, Scheme, SigningKey, Timestamp};
+use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Map, Value};
 
 /// The four top-level roles, in the order they are signed.
@@ -90,7 +90,13 @@ pub fn generate_key(scheme: Scheme) -> Result<SigningKey> {
         return Ok(SigningKey::generate(scheme)?);
     }
     let out = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
         .output()
         .context("running openssl to generate an RSA key (install openssl)")?;
     if !out.status.success() {
@@ -287,7 +293,13 @@ impl Backend {
 
     /// Signs `targets` as the next targets version of the role set in `dir`, then its
     /// snapshot and timestamp; also keeps `N.targets.json`.
-    fn publish(&self, kind: Kind, dir: &Path, targets: Map<String, Value>, custom: Option<Value>) -> Result<u64> {
+    fn publish(
+        &self,
+        kind: Kind,
+        dir: &Path,
+        targets: Map<String, Value>,
+        custom: Option<Value>,
+    ) -> Result<u64> {
         let version = Self::version_of(&dir.join("targets.json")) + 1;
         let mut signed = json!({
             "_type": "targets",
@@ -337,7 +349,10 @@ impl Backend {
     /// The Image repository's current targets.
     pub fn image_targets(&self) -> Result<Map<String, Value>> {
         let v = read_json(&self.path("repo/targets.json"))?;
-        Ok(v["signed"]["targets"].as_object().cloned().unwrap_or_default())
+        Ok(v["signed"]["targets"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Publishes `targets` as the Image repository's next targets version.
@@ -371,7 +386,11 @@ impl Backend {
     }
 
     /// Writes the device's Director targets: `target` for ECU `serial`, or nothing.
-    pub fn assign(&self, device: &str, assignment: Option<(&str, &str, Option<&str>)>) -> Result<u64> {
+    pub fn assign(
+        &self,
+        device: &str,
+        assignment: Option<(&str, &str, Option<&str>)>,
+    ) -> Result<u64> {
         let record = self.device(device)?;
         let mut targets = Map::new();
         let mut custom = json!({"deviceId": device});
@@ -444,7 +463,9 @@ pub fn load_key(path: &Path) -> Result<SigningKey> {
 pub fn check_target_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.starts_with('/')
-        || name.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+        || name
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
     {
         bail!("{name:?} is not a usable target name (relative path, no empty, . or .. segments)");
     }

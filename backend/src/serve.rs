@@ -3,6 +3,7 @@
 //! and the device API. Everything a device sends is appended to `devices/ID/log.jsonl`.
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,7 +54,9 @@ struct State {
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn response(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Response<Body> {
@@ -73,20 +76,38 @@ fn status(code: StatusCode, message: &str) -> Response<Body> {
     )
 }
 
-/// A body that sends `data` and then fails, which makes hyper drop the connection.
-struct Truncated(Option<Bytes>);
+/// A body that sends `data`, waits a moment (so the bytes reach the client), then fails,
+/// which makes hyper drop the connection.
+struct Truncated {
+    data: Option<Bytes>,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Truncated {
+    fn new(data: Bytes) -> Truncated {
+        Truncated {
+            data: Some(data),
+            pause: Box::pin(tokio::time::sleep(Duration::from_millis(100))),
+        }
+    }
+}
 
 impl hyper::body::Body for Truncated {
     type Data = Bytes;
     type Error = std::io::Error;
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Poll::Ready(Some(match self.0.take() {
-            Some(d) => Ok(Frame::data(d)),
-            None => Err(std::io::Error::other("fault switch: connection dropped")),
-        }))
+        if let Some(d) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        match self.pause.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::other(
+                "fault switch: connection dropped",
+            )))),
+        }
     }
 }
 
@@ -101,11 +122,13 @@ fn tls_config(dir: &Path) -> Result<rustls::ServerConfig> {
     {
         roots.add(cert?)?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()?;
-    let chain = CertificateDer::pem_file_iter(pem("pki/server.pem"))?
-        .collect::<Result<Vec<_>, _>>()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let chain =
+        CertificateDer::pem_file_iter(pem("pki/server.pem"))?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(pem("pki/server.key"))
         .with_context(|| format!("reading {}", pem("pki/server.key").display()))?;
     Ok(rustls::ServerConfig::builder_with_provider(provider)
@@ -217,7 +240,10 @@ fn get(state: &State, device: &str, segs: &[&str], req: &Request<Incoming>) -> R
         ["director", "timestamp.json" | "snapshot.json"]
             if state.opts.director_root_and_targets_only =>
         {
-            return status(StatusCode::NOT_FOUND, "this Director serves only root and targets");
+            return status(
+                StatusCode::NOT_FOUND,
+                "this Director serves only root and targets",
+            );
         }
         ["director", name @ ("timestamp.json" | "snapshot.json")] => {
             dir.join("director/devices").join(device).join(name)
@@ -231,7 +257,9 @@ fn get(state: &State, device: &str, segs: &[&str], req: &Request<Incoming>) -> R
                 d.join("targets.json")
             }
         }
-        ["repo", rest @ ..] if !rest.is_empty() => rest.iter().fold(dir.join("repo"), |p, s| p.join(s)),
+        ["repo", rest @ ..] if !rest.is_empty() => {
+            rest.iter().fold(dir.join("repo"), |p, s| p.join(s))
+        }
         ["treehub", rest @ ..] if !rest.is_empty() => {
             rest.iter().fold(dir.join("treehub"), |p, s| p.join(s))
         }
@@ -240,8 +268,12 @@ fn get(state: &State, device: &str, segs: &[&str], req: &Request<Incoming>) -> R
     let Ok(mut bytes) = std::fs::read(&file) else {
         return status(StatusCode::NOT_FOUND, "not found");
     };
-    let is_file_payload = matches!(segs.first(), Some(&"treehub")) || segs.get(1) == Some(&"targets");
-    if faults.corrupt_treehub_objects && segs[0] == "treehub" && file.extension().is_some_and(|e| e == "filez") {
+    let is_file_payload =
+        matches!(segs.first(), Some(&"treehub")) || segs.get(1) == Some(&"targets");
+    if faults.corrupt_treehub_objects
+        && segs[0] == "treehub"
+        && file.extension().is_some_and(|e| e == "filez")
+    {
         if let Some(last) = bytes.last_mut() {
             *last ^= 0xff;
         }
@@ -269,7 +301,7 @@ fn get(state: &State, device: &str, segs: &[&str], req: &Request<Incoming>) -> R
     let mut r = match faults.drop_after_bytes {
         Some(n) if is_file_payload && n < len => {
             let cut = Bytes::from(body).slice(..n);
-            Response::new(Truncated(Some(cut)).boxed())
+            Response::new(Truncated::new(cut).boxed())
         }
         _ => Response::new(full(body)),
     };
@@ -327,10 +359,11 @@ fn device_api(
         return Ok(status(StatusCode::NOT_FOUND, "no such endpoint"));
     }
     let json_body: Option<Value> = serde_json::from_slice(body).ok();
-    if content_type.starts_with("application/json") || segs != ["system_info", "config"] {
-        if json_body.is_none() {
-            return Ok(status(StatusCode::BAD_REQUEST, "the body is not JSON"));
-        }
+    // Everything is JSON but the configuration report (application/toml).
+    let must_be_json =
+        content_type.starts_with("application/json") || segs != ["system_info", "config"];
+    if must_be_json && json_body.is_none() {
+        return Ok(status(StatusCode::BAD_REQUEST, "the body is not JSON"));
     }
     let logged = json_body
         .clone()
@@ -339,7 +372,10 @@ fn device_api(
     let dir = &state.dir;
     match segs {
         ["director", "manifest"] => {
-            crate::repo::write_json(&dir.join("devices").join(device).join("manifest.json"), &logged)?;
+            crate::repo::write_json(
+                &dir.join("devices").join(device).join("manifest.json"),
+                &logged,
+            )?;
         }
         ["director", "ecus"] => {
             let backend = Backend::open(dir)?;
@@ -349,7 +385,11 @@ fn device_api(
             record["primary_ecu_serial"] = logged["primary_ecu_serial"].clone();
             record["ecus"] = logged["ecus"].clone();
             backend.save_device(device, &record)?;
-            if !backend.director_device_dir(device).join("targets.json").exists() {
+            if !backend
+                .director_device_dir(device)
+                .join("targets.json")
+                .exists()
+            {
                 backend.assign(device, None)?;
             }
         }

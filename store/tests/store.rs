@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -21,60 +21,21 @@ fn mutable_deployments() {
     ONCE.call_once(|| std::env::set_var("OSTREE_SYSROOT_DEBUG", "mutable-deployments"));
 }
 
-fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree")
-        .args(args)
-        .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
-        .output()
-        .expect("the ostree CLI is missing: run scripts/setup");
-    assert!(
-        out.status.success(),
-        "ostree {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use aktualizr_rs_testsupport::{commit_fake_os, ostree, ServePy};
 
 /// Serves `dir` on an ephemeral 127.0.0.1 port (plain HTTP).
-fn serve(dir: &Path) -> Server {
-    serve_with(dir, &[], "http")
+fn serve(dir: &Path) -> ServePy {
+    ServePy::start(dir)
 }
 
 /// Serves `dir` with serve.py's `extra` options, as `scheme`.
-fn serve_with(dir: &Path, extra: &[&str], scheme: &str) -> Server {
-    let portfile = dir.with_extension("port");
-    let _ = std::fs::remove_file(&portfile);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/serve.py");
-    let child = Command::new("python3")
-        .arg(script)
-        .arg(dir)
-        .arg(&portfile)
-        .args(extra)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let port = loop {
-        if let Ok(p) = std::fs::read_to_string(&portfile) {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "serve.py did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Server(child, format!("{scheme}://127.0.0.1:{}", port.trim()))
+fn serve_with(dir: &Path, extra: &[&str], scheme: &str) -> ServePy {
+    ServePy::start_with(dir, extra, scheme)
 }
 
 /// A treehub (archive repo) served on 127.0.0.1 and an unbooted sysroot with `fakeos`.
 struct Fixture {
-    server: Server,
+    server: ServePy,
     tmp: tempfile::TempDir,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
@@ -126,40 +87,9 @@ impl Fixture {
 
     /// Commits a bootable fake rootfs (version `version`, plus `files`) and updates the summary.
     fn commit(&self, version: u32, files: &[(&str, &[u8])]) -> Commit {
-        let root = self.path(&format!("rootfs-{version}"));
-        for d in ["usr/bin", "usr/etc", "usr/lib/modules/6.1.0-test"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::write(root.join("usr/lib/modules/6.1.0-test/vmlinuz"), b"kernel").unwrap();
-        std::fs::write(
-            root.join("usr/lib/modules/6.1.0-test/initramfs.img"),
-            b"initrd",
-        )
-        .unwrap();
-        std::fs::write(root.join("usr/etc/os-release"), b"ID=fakeos\n").unwrap();
-        for (p, content) in files {
-            let p = root.join(p);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, content).unwrap();
-        }
-        let srv = self.path("srv");
-        let out = ostree(&[
-            "commit",
-            &format!("--repo={}", srv.display()),
-            "-b",
-            REF,
-            "-s",
-            &format!("v{version}"),
-            &format!("--add-metadata-string=version={version}"),
-            "--bootable",
-            root.to_str().unwrap(),
-        ]);
-        ostree(&[
-            "summary",
-            &format!("--repo={}", srv.to_str().unwrap()),
-            "-u",
-        ]);
-        out.trim().parse().unwrap()
+        commit_fake_os(&self.path("srv"), self.tmp.path(), REF, version, files)
+            .parse()
+            .unwrap()
     }
 
     fn store(&self) -> Store {
@@ -167,7 +97,7 @@ impl Fixture {
     }
 
     fn opts(&self) -> PullOptions {
-        PullOptions::new(&self.server.1)
+        PullOptions::new(&self.server.url)
     }
 
     fn fsck(&self) {
@@ -516,7 +446,7 @@ fn pull_killed_half_way_leaves_a_consistent_repo_and_resumes() {
     f.server = serve_with(&f.path("srv"), &["--delay-objects", "0.05"], "http");
     let mut child = Command::new(env!("CARGO_BIN_EXE_aktualizr-rs-store-worker"))
         .args(["--sysroot", f.path("sysroot").to_str().unwrap()])
-        .args(["--os", OS, "--commit", v1.as_str(), "--url", &f.server.1])
+        .args(["--os", OS, "--commit", v1.as_str(), "--url", &f.server.url])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
