@@ -225,6 +225,7 @@ pub struct Store {
     path: PathBuf,
     sysroot: ostree::Sysroot,
     os: String,
+    stage: bool,
 }
 
 impl Store {
@@ -247,7 +248,22 @@ impl Store {
             path: path.to_owned(),
             sysroot,
             os,
+            stage: false,
         })
+    }
+
+    /// Stage deployments (`stage_tree`) on a booted system instead of writing them at once:
+    /// libostree then finalizes the staged deployment at shutdown
+    /// (`ostree-finalize-staged.service`), so /etc changes made until the reboot are kept.
+    /// Ignored where nothing is booted (staging needs a booted system).
+    pub fn with_staging(mut self, stage: bool) -> Store {
+        self.stage = stage;
+        self
+    }
+
+    /// Whether the sysroot is the booted system.
+    pub fn is_booted(&self) -> bool {
+        self.sysroot.booted_deployment().is_some()
     }
 
     /// The OS name deployments go to.
@@ -365,6 +381,7 @@ impl Store {
     /// Deploys `commit` (already pulled) as the pending deployment, with the merge
     /// deployment's kernel arguments, recording `target` in the origin so `status` can show
     /// it; then keeps booted, pending and one rollback deployment and prunes the repository.
+    /// With [`Self::with_staging`] on a booted system the deployment is staged instead.
     pub fn deploy(&self, commit: &Commit, target: Option<&str>) -> Result<()> {
         let sysroot = &self.sysroot;
         sysroot.lock().map_err(ostree_err("locking the sysroot"))?;
@@ -374,6 +391,19 @@ impl Store {
                 origin.set_string("aktualizr-rs", "target", t);
             }
             let merge = sysroot.merge_deployment(Some(&self.os));
+            if self.stage && sysroot.booted_deployment().is_some() {
+                sysroot
+                    .stage_tree(
+                        Some(&self.os),
+                        commit.as_str(),
+                        Some(&origin),
+                        merge.as_ref(),
+                        &[],
+                        gio::Cancellable::NONE,
+                    )
+                    .map_err(ostree_err(format!("staging commit {commit}")))?;
+                return Ok(());
+            }
             let deployment = sysroot
                 .deploy_tree(
                     Some(&self.os),
@@ -399,6 +429,15 @@ impl Store {
         sysroot
             .load(gio::Cancellable::NONE)
             .map_err(ostree_err("reloading the sysroot"))
+    }
+
+    /// The deployment running now: the booted one, or where nothing is booted (tests, image
+    /// builders; aktualizr's non-booted mode) the first deployment. After a reboot, the
+    /// update took effect when this is the commit that was pending.
+    pub fn current(&self) -> Result<Option<Deployment>> {
+        let all = self.deployments()?;
+        let booted = all.iter().position(|d| d.roles.contains(&"booted"));
+        Ok(all.into_iter().nth(booted.unwrap_or(0)))
     }
 
     /// The deployments, newest first, with their roles.

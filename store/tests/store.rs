@@ -149,6 +149,8 @@ fn pull_deploy_status_and_sentinel() {
         d.roles.contains(&"pending"),
         "unbooted: the first deployment counts as pending: {d:?}"
     );
+    // Unbooted, the first deployment counts as the current one (aktualizr's non-booted mode).
+    assert_eq!(store.current().unwrap().unwrap().commit, v1.as_str());
     // `ostree admin status` sees it too.
     let status = ostree(&[
         "admin",
