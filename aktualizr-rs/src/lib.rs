@@ -3,5 +3,6 @@
 //! This crate holds everything with I/O: HTTP, files, the command line. Verification lives in
 //! `aktualizr-rs-metadata`, the image store in `aktualizr-rs-store`.
 
+pub mod config;
 pub mod status;
 pub mod tuf_client;

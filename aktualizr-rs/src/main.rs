@@ -16,6 +16,10 @@ struct Cli {
     /// Log level as aktualizr: 0 trace, 1 debug, 2 info, 3 warning, 4 error, 5 fatal.
     #[arg(long, global = true, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=5))]
     loglevel: u8,
+    /// A configuration file or directory (repeatable; default: /usr/lib/sota/conf.d then
+    /// /etc/sota/conf.d). Files merge as aktualizr merges them.
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,32 +30,80 @@ enum Command {
     Tuf(TufArgs),
     /// Show the OSTree deployments, their Uptane targets and whether a reboot is pending.
     Status(StatusArgs),
+    /// Print the effective configuration: every key, its value and the file that set it.
+    Config {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run_config(paths: &[PathBuf], json: bool) -> anyhow::Result<()> {
+    let config = aktualizr_rs::config::Config::load(paths)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let effective = config.effective();
+    if json {
+        let mut out = serde_json::Map::new();
+        for (key, s) in effective {
+            out.insert(
+                key,
+                serde_json::json!({
+                    "value": s.value,
+                    "source": s.source.map(|p| p.display().to_string()),
+                }),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for (key, s) in effective {
+            let source = s
+                .source
+                .map_or_else(|| "default".to_owned(), |p| p.display().to_string());
+            println!("{key} = {:?}    # {source}", s.value);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// The OSTree sysroot (aktualizr's `[pacman] sysroot`).
-    #[arg(long, default_value = "/")]
-    sysroot: PathBuf,
-    /// The OS name (aktualizr's `[pacman] os`); default: the booted deployment's.
+    /// The OSTree sysroot; default: `[pacman] sysroot` of the configuration, else `/`.
+    #[arg(long)]
+    sysroot: Option<PathBuf>,
+    /// The OS name; default: `[pacman] os`, else the booted deployment's.
     #[arg(long)]
     os: Option<String>,
-    /// The reboot sentinel (`[bootloader] reboot_sentinel_dir`/`reboot_sentinel_name`).
-    #[arg(long, default_value = "/run/aktualizr-session/need_reboot")]
-    reboot_sentinel: PathBuf,
+    /// The reboot sentinel; default: `[bootloader] reboot_sentinel_dir`/`reboot_sentinel_name`.
+    #[arg(long)]
+    reboot_sentinel: Option<PathBuf>,
     /// Print JSON (schema version 1, documented in the README) instead of text.
     #[arg(long)]
     json: bool,
 }
 
-fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+fn run_status(args: StatusArgs, config_paths: &[PathBuf]) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let store = aktualizr_rs_store::Store::open(&args.sysroot, args.os.as_deref())
-        .with_context(|| format!("opening the OSTree sysroot {}", args.sysroot.display()))?;
+    let config = aktualizr_rs::config::Config::load(config_paths)?;
+    let sysroot = args
+        .sysroot
+        .unwrap_or_else(|| match config.str("pacman.sysroot") {
+            "" => PathBuf::from("/"),
+            s => PathBuf::from(s),
+        });
+    let os = args
+        .os
+        .or_else(|| Some(config.str("pacman.os").to_owned()).filter(|s| !s.is_empty()));
+    let sentinel = args
+        .reboot_sentinel
+        .unwrap_or_else(|| config.reboot_sentinel());
+    let store = aktualizr_rs_store::Store::open(&sysroot, os.as_deref())
+        .with_context(|| format!("opening the OSTree sysroot {}", sysroot.display()))?;
     let status = aktualizr_rs::status::Status {
         os: store.os().to_owned(),
         deployments: store.deployments().context("listing deployments")?,
-        reboot_pending: args.reboot_sentinel.exists(),
+        reboot_pending: sentinel.exists(),
     };
     if args.json {
         println!(
@@ -158,7 +210,8 @@ fn main() -> ExitCode {
     init_logging(cli.loglevel);
     let result = match cli.command {
         Command::Tuf(args) => run_tuf(args),
-        Command::Status(args) => run_status(args),
+        Command::Status(args) => run_status(args, &cli.config),
+        Command::Config { json } => run_config(&cli.config, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,4 +81,45 @@ fn status_shows_deployments_by_commit_and_the_reboot_sentinel() {
         json["deployments"][0]["roles"],
         serde_json::json!(["pending"])
     );
+
+    // Without flags, the sysroot, OS and sentinel come from the configuration (`-c`),
+    // written as aktualizr accepts it: some values quoted, some not.
+    let conf = p("sota.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[pacman]\nsysroot = \"{s}\"\nos = fakeos\n[bootloader]\nreboot_sentinel_dir = {}\n",
+            p("run").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"))
+        .args(["status", "--json", "-c"])
+        .arg(&conf)
+        .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["os"], "fakeos");
+    assert_eq!(json["reboot_pending"], true);
+    assert_eq!(json["deployments"][0]["commit"], commit);
+
+    // A wrong type in the configuration names the file, the key and the type.
+    std::fs::write(&conf, "[uptane]\npolling_sec = soon\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"))
+        .args(["status", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sota.toml: line 2: uptane.polling_sec = \"soon\": expected an integer"),
+        "{err}"
+    );
 }
