@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
-use aktualizr_rs_metadata::{Timestamp, TrustedSet};
+use aktualizr_rs_metadata::{uptane, Timestamp, TrustedSet};
 use aktualizr_rs_testsupport::{
     commit_fake_os, interop_script, ostree, python, wait_for_file, ServePy,
 };

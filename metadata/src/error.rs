@@ -184,6 +184,17 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An Uptane rule is broken: the Director's targets name an unknown ECU, a wrong
+    /// hardware ID or another device, or disagree with the Image repository.
+    #[error("uptane: {target}: {reason}")]
+    Uptane {
+        /// The target (or ECU) concerned.
+        target: String,
+        /// What is wrong, with the values.
+        reason: String,
+        /// The attack class this is evidence of.
+        attack: Attack,
+    },
     /// The local metadata store failed.
     #[error("storing {name}: {source}")]
     Store {
@@ -222,6 +233,7 @@ impl Error {
             }
             Error::LengthMismatch { .. } => Some(Attack::EndlessData),
             Error::VersionMismatch { .. } | Error::NotListed { .. } => Some(Attack::MixAndMatch),
+            Error::Uptane { attack, .. } => Some(*attack),
             _ => None,
         }
     }

@@ -35,6 +35,7 @@ mod sign;
 mod time;
 mod trusted;
 mod updater;
+pub mod uptane;
 
 pub use crypto::{key_id, PublicKey, Scheme, SigningKey};
 pub use error::{Attack, Error, Result};
