@@ -219,6 +219,21 @@ fn init_provision_push_assign_serve_and_the_device_api() {
         signed["signed"]["custom"],
         json!({"deviceId": "dev1", "correlationId": "corr-7"})
     );
+    // The Uptane checks of metadata/ accept what the backend signed: the assignment to this
+    // device's ECU matches the Image repository's entry; another device is refused.
+    let ecus = [uptane::Ecu {
+        serial: "ecu-1".into(),
+        hardware_id: "hw1".into(),
+    }];
+    let assigned = uptane::director_assignments(dt, &ecus, Some("dev1")).unwrap();
+    assert_eq!(assigned.len(), 1);
+    let (_, image_targets) = get(&c, &url("/repo/targets.json"));
+    let image_signed: Value = serde_json::from_slice(&image_targets).unwrap();
+    let image_meta =
+        aktualizr_rs_metadata::TargetsMeta::parse("targets", image_signed["signed"].clone())
+            .unwrap();
+    uptane::match_image(&assigned[0], image_meta.targets.get("stable-1"), None).unwrap();
+    assert!(uptane::director_assignments(dt, &ecus, Some("dev2")).is_err());
 
     // The Image repository, its targets and the treehub are served too.
     assert_eq!(get(&c, &url("/repo/timestamp.json")).0, 200);
