@@ -4,5 +4,6 @@
 //! `aktualizr-rs-metadata`, the image store in `aktualizr-rs-store`.
 
 pub mod config;
+pub mod primary;
 pub mod status;
 pub mod tuf_client;

@@ -30,12 +30,37 @@ enum Command {
     Tuf(TufArgs),
     /// Show the OSTree deployments, their Uptane targets and whether a reboot is pending.
     Status(StatusArgs),
+    /// One update cycle: finalize a pending install after a reboot, register, report, check
+    /// the Director and Image repository, and download and install what is assigned.
+    Once,
     /// Print the effective configuration: every key, its value and the file that set it.
     Config {
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
+}
+
+fn run_once(paths: &[PathBuf]) -> anyhow::Result<()> {
+    use aktualizr_rs::primary::{Outcome, Primary};
+    use anyhow::Context as _;
+    let config = aktualizr_rs::config::Config::load(paths)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let exe = std::env::current_exe().context("locating this executable (the pull worker)")?;
+    let worker = aktualizr_rs_store::Worker::new(exe, &[PULL_WORKER_ARG]);
+    let primary = Primary::new(config, worker)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match rt.block_on(primary.once())? {
+        Outcome::UpToDate => println!("up to date"),
+        Outcome::RebootPending(t) => println!("{t} is installed and waits for a reboot"),
+        Outcome::Installed(t) => println!("{t} installed; reboot to apply it"),
+    }
+    Ok(())
 }
 
 fn run_config(paths: &[PathBuf], json: bool) -> anyhow::Result<()> {
@@ -212,6 +237,7 @@ fn main() -> ExitCode {
         Command::Tuf(args) => run_tuf(args),
         Command::Status(args) => run_status(args, &cli.config),
         Command::Config { json } => run_config(&cli.config, json),
+        Command::Once => run_once(&cli.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -236,9 +236,10 @@ tls_cacert_path = "root.crt"
 tls_clientcert_path = "client.pem"
 tls_pkey_path = "pkey.pem"
 
+# The Director, Image repository and treehub URLs derive from [tls] server:
+# {server}/director, {server}/repo, {server}/treehub.
 [pacman]
 type = "ostree"
-ostree_server = "{server}/treehub"
 "#,
         backend = std::fs::canonicalize(&b.dir)?.display(),
         base = abs.display(),

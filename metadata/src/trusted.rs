@@ -296,6 +296,47 @@ impl TrustedSet {
         Ok(self.targets(role).expect("just set"))
     }
 
+    /// Verifies the targets of an Uptane Director that serves only root and targets (as
+    /// aktualizr's servers do): signed by a threshold of the root's targets keys, not expired,
+    /// no delegations (a Director delegates nothing), and a version not below
+    /// `trusted_version`, the version of the Director targets trusted before (rollback).
+    pub fn update_director_targets(
+        &mut self,
+        bytes: &[u8],
+        trusted_version: Option<u64>,
+    ) -> Result<&TargetsMeta> {
+        self.check_root_expiry()?;
+        let (new, envelope) = parse("targets", bytes, TargetsMeta::from_raw)?;
+        self.root.meta.verify_role("targets", &envelope)?;
+        if let Some(trusted) = trusted_version {
+            if new.common.version < trusted {
+                return Err(Error::Rollback {
+                    role: "targets".into(),
+                    trusted,
+                    new: new.common.version,
+                });
+            }
+        }
+        if new.common.is_expired(self.now) {
+            return Err(expired("targets", new.common.expires, self.now));
+        }
+        if new.delegations.is_some() {
+            return Err(Error::Malformed {
+                role: "targets".into(),
+                reason: "a Director's targets must not delegate".into(),
+            });
+        }
+        let entry = TrustedTargets {
+            verified: Verified {
+                meta: new,
+                envelope,
+            },
+            verified_by: vec!["root".to_owned()],
+        };
+        self.targets.insert("targets".to_owned(), entry);
+        Ok(self.targets("targets").expect("just set"))
+    }
+
     fn verify_against(&self, role: &str, delegator: &str, envelope: &Envelope) -> Result<()> {
         if delegator == "root" {
             if role != "targets" {
