@@ -30,6 +30,20 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// A binary of another workspace member (say `uptane-repo`), next to this test's own
+/// target directory; `cargo test --workspace` builds it.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it (cargo build --workspace, or run cargo test --workspace)",
+        bin.display()
+    );
+    bin
+}
+
 /// A script in `tests/interop/`.
 pub fn interop_script(name: &str) -> PathBuf {
     workspace().join("tests/interop").join(name)

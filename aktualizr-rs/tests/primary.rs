@@ -1,0 +1,485 @@
+//! `aktualizr-rs once` end to end over mutual TLS against `uptane-repo serve`, with real
+//! OSTree: the happy path, finalization after a (simulated) reboot, a rollback, and attacks.
+//! Each attack ends with no new deployment, the attack in the next manifest, and the device
+//! still able to take the next valid update.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+
+use aktualizr_rs_metadata::{sign_envelope, Scheme, SigningKey, Timestamp};
+use aktualizr_rs_testsupport::{commit_fake_os, ostree, wait_for_file, workspace_bin};
+use serde_json::{json, Value};
+
+const OS: &str = "fakeos";
+const REF: &str = "fakeos/x86_64/stable";
+const SERIAL: &str = "ecu-1";
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+        .output()
+        .unwrap()
+}
+
+fn backend(args: &[&str]) -> String {
+    let out = run(workspace_bin("uptane-repo").to_str().unwrap(), args);
+    assert!(
+        out.status.success(),
+        "uptane-repo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A backend with OSTree targets fakeos-1 .. fakeos-3, a device `dev1` (ECU `ecu-1`,
+/// hardware `hw1`) with an unbooted sysroot on v1, and its configuration.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    commits: Vec<String>,
+    server: Option<Served>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture {
+            tmp,
+            commits: Vec::new(),
+            server: None,
+        };
+        backend(&["init", f.s("b")]);
+        backend(&["provision", "-d", f.s("b"), "dev1", "--hardware-id", "hw1"]);
+        ostree(&["init", &format!("--repo={}", f.s("src")), "--mode=archive"]);
+        for v in 1..=3u32 {
+            let content = format!("version {v}\n");
+            let c = commit_fake_os(
+                &f.p("src"),
+                f.tmp.path(),
+                REF,
+                v,
+                &[("usr/share/version", content.as_bytes())],
+            );
+            backend(&[
+                "push-ostree",
+                "-d",
+                f.s("b"),
+                "--repo",
+                f.s("src"),
+                "--ref",
+                REF,
+                "--name",
+                &format!("fakeos-{v}"),
+                "--hardware-id",
+                "hw1",
+            ]);
+            f.commits.push(c);
+        }
+        let sysroot = f.s("sysroot");
+        std::fs::create_dir(sysroot).unwrap();
+        ostree(&["admin", "init-fs", sysroot]);
+        ostree(&["admin", "os-init", OS, "--sysroot", sysroot]);
+        let repo = format!("--repo={sysroot}/ostree/repo");
+        ostree(&["config", &repo, "set", "sysroot.bootloader", "none"]);
+        ostree(&["pull-local", &repo, f.s("src"), &f.commits[0]]);
+        ostree(&[
+            "admin",
+            "deploy",
+            "--sysroot",
+            sysroot,
+            "--os",
+            OS,
+            &f.commits[0],
+        ]);
+        f.serve(&[]);
+        f
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn s(&self, rel: &str) -> &'static str {
+        Box::leak(self.p(rel).to_str().unwrap().to_owned().into_boxed_str())
+    }
+
+    /// (Re)starts `uptane-repo serve` with `extra` options and points the device at it.
+    fn serve(&mut self, extra: &[&str]) {
+        self.server = None;
+        let _ = std::fs::remove_file(self.p("b/serve.url"));
+        let child = Command::new(workspace_bin("uptane-repo"))
+            .arg("serve")
+            .arg(self.p("b"))
+            .args(["--port", "0"])
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.server = Some(Served(child));
+        let url = wait_for_file(&self.p("b/serve.url"), "uptane-repo serve");
+        // The provisioned sota.toml, and a later file for this sandbox: it overrides the
+        // server URL and points sysroot, storage and sentinel into the test directory.
+        std::fs::write(
+            self.p("zz-local.toml"),
+            format!(
+                "[tls]\nserver = \"{url}\"\n[pacman]\nsysroot = \"{}\"\nos = {OS}\n\
+                 [storage]\npath = \"{}\"\n[bootloader]\nreboot_sentinel_dir = \"{}\"\n\
+                 [provision]\nprimary_ecu_serial = {SERIAL}\n",
+                self.p("sysroot").display(),
+                self.p("storage").display(),
+                self.p("run").display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn client(&self, args: &[&str]) -> Output {
+        let mut all = vec![
+            "-c",
+            self.s("b/devices/dev1/sota.toml"),
+            "-c",
+            self.s("zz-local.toml"),
+        ];
+        all.extend_from_slice(args);
+        run(env!("CARGO_BIN_EXE_aktualizr-rs"), &all)
+    }
+
+    fn once(&self) -> Result<String, String> {
+        let out = self.client(&["once"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    fn assign(&self, target: &str) {
+        backend(&["assign", "-d", self.s("b"), "dev1", SERIAL, target]);
+    }
+
+    /// The commits of the sysroot's deployments, newest first.
+    fn deployments(&self) -> Vec<String> {
+        let out = self.client(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["commit"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn sentinel(&self) -> PathBuf {
+        self.p("run/need_reboot")
+    }
+
+    /// The last manifest the backend received, ECU part.
+    fn last_ecu_manifest(&self) -> Value {
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(self.p("b/devices/dev1/manifest.json")).unwrap())
+                .unwrap();
+        m["signed"]["ecu_version_manifests"][SERIAL]["signed"].clone()
+    }
+
+    fn last_manifest(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.p("b/devices/dev1/manifest.json")).unwrap())
+            .unwrap()
+    }
+
+    fn events(&self) -> Vec<String> {
+        let log = backend(&["device-log", "-d", self.s("b"), "dev1", "--json"]);
+        log.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["path"] == "/events")
+            .flat_map(|e| e["body"].as_array().unwrap().clone())
+            .map(|e| e["eventType"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn key(&self, rel: &str) -> SigningKey {
+        let text = std::fs::read_to_string(self.p(rel)).unwrap();
+        let pem: String = text.lines().skip(1).collect::<Vec<_>>().join("\n");
+        SigningKey::from_pkcs8_pem(&pem, Scheme::Ed25519).unwrap()
+    }
+
+    /// Writes the device's Director targets as given, signed with the Director's targets key,
+    /// with the next version (for a Director served with --director-root-and-targets-only).
+    fn forge_director_targets(&self, targets: Value) {
+        let path = self.p("b/director/devices/dev1/targets.json");
+        let old: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let signed = json!({
+            "_type": "targets", "spec_version": "1.0.0",
+            "version": old["signed"]["version"].as_u64().unwrap() + 1,
+            "expires": Timestamp(Timestamp::now().0 + 86_400).to_string(),
+            "targets": targets,
+            "custom": {"deviceId": "dev1", "correlationId": "forged"},
+        });
+        let key = self.key("b/keys/director/targets.pem");
+        std::fs::write(&path, sign_envelope(&signed, &[&key]).unwrap()).unwrap();
+    }
+
+    fn director_entry(&self, commit: &str, length: u64, ecu: &str, hw: &str) -> Value {
+        json!({"length": length, "hashes": {"sha256": commit},
+               "custom": {"ecuIdentifiers": {ecu: {"hardwareId": hw}}, "targetFormat": "OSTREE"}})
+    }
+
+    /// After an attack: nothing new deployed, the attack in the last manifest, and the next
+    /// valid update still installs.
+    fn assert_attack_then_recovery(&mut self, err: &str, expect_in_error: &str) {
+        assert!(err.contains(expect_in_error), "{err}");
+        assert_eq!(
+            self.deployments(),
+            vec![self.commits[0].clone()],
+            "nothing new deployed"
+        );
+        assert!(!self.sentinel().exists());
+        let attacks = self.last_ecu_manifest()["attacks_detected"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            !attacks.is_empty(),
+            "the manifest after the attack reports it"
+        );
+        self.serve(&[]);
+        self.assign("fakeos-3");
+        let out = self.once().unwrap();
+        assert!(out.contains("fakeos-3 installed"), "{out}");
+        assert_eq!(self.deployments()[0], self.commits[2]);
+    }
+}
+
+#[test]
+fn happy_path_then_finalize_after_reboot() {
+    let f = Fixture::new();
+    // Nothing assigned: up to date, registered, manifest sent with the running commit.
+    assert!(f.once().unwrap().contains("up to date"));
+    let m = f.last_ecu_manifest();
+    assert_eq!(
+        m["installed_image"]["fileinfo"]["hashes"]["sha256"],
+        f.commits[0].as_str()
+    );
+    assert_eq!(m["attacks_detected"], "");
+    // The manifest is signed by the ECU key registered with the Director.
+    let log = backend(&["device-log", "-d", f.s("b"), "dev1", "--json"]);
+    let ecus: Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["path"] == "/director/ecus")
+        .unwrap();
+    assert_eq!(ecus["body"]["primary_ecu_serial"], SERIAL);
+    assert_eq!(ecus["body"]["ecus"][0]["hardware_identifier"], "hw1");
+    let manifest = f.last_manifest();
+    let sig = &manifest["signatures"][0];
+    assert_eq!(sig["method"], "ed25519");
+
+    f.assign("fakeos-2");
+    let out = f.once().unwrap();
+    assert!(
+        out.contains("fakeos-2 installed; reboot to apply it"),
+        "{out}"
+    );
+    assert_eq!(
+        f.deployments(),
+        vec![f.commits[1].clone(), f.commits[0].clone()]
+    );
+    assert!(f.sentinel().exists());
+    let status = String::from_utf8(f.client(&["status"]).stdout).unwrap();
+    assert!(status.contains("Uptane target: fakeos-2"), "{status}");
+    assert!(status.contains("Reboot pending: yes"), "{status}");
+    assert_eq!(
+        f.events(),
+        [
+            "EcuDownloadStarted",
+            "EcuDownloadCompleted",
+            "EcuInstallationStarted",
+            "EcuInstallationApplied"
+        ]
+    );
+    // One update at a time: while the reboot is pending, nothing else happens.
+    f.assign("fakeos-3");
+    assert!(f.once().unwrap().contains("waits for a reboot"));
+    assert_eq!(f.deployments().len(), 2);
+
+    // "Reboot": the sentinel (on tmpfs) is gone; unbooted, the first deployment is current.
+    std::fs::remove_file(f.sentinel()).unwrap();
+    f.assign("fakeos-2");
+    assert!(f.once().unwrap().contains("up to date"));
+    let manifest = f.last_manifest();
+    let report = &manifest["signed"]["installation_report"]["report"];
+    assert_eq!(report["result"]["success"], true, "{manifest}");
+    assert_eq!(report["items"][0]["ecu"], SERIAL);
+    assert_eq!(
+        f.last_ecu_manifest()["installed_image"]["filepath"],
+        "fakeos-2"
+    );
+    assert_eq!(f.events().last().unwrap(), "EcuInstallationCompleted");
+}
+
+#[test]
+fn rollback_is_reported_and_not_retried() {
+    let f = Fixture::new();
+    f.assign("fakeos-2");
+    assert!(f.once().unwrap().contains("installed"));
+    // The new deployment did not boot: the bootloader fell back to v1 (simulated by removing
+    // the new deployment) and the sentinel is gone after the reboot.
+    ostree(&["admin", "undeploy", "--sysroot", f.s("sysroot"), "0"]);
+    std::fs::remove_file(f.sentinel()).unwrap();
+    assert!(f.once().unwrap().contains("up to date"));
+    let manifest = f.last_manifest();
+    let report = &manifest["signed"]["installation_report"]["report"];
+    assert_eq!(report["result"]["success"], false, "{manifest}");
+    assert!(report["result"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("rolled back"));
+    // Still assigned, but not installed again.
+    assert!(f.once().unwrap().contains("up to date"));
+    assert_eq!(f.deployments(), vec![f.commits[0].clone()]);
+    // A different target is.
+    f.assign("fakeos-3");
+    assert!(f.once().unwrap().contains("fakeos-3 installed"));
+}
+
+#[test]
+fn director_target_absent_from_the_image_repository() {
+    let mut f = Fixture::new();
+    f.serve(&["--director-root-and-targets-only"]);
+    f.forge_director_targets(
+        json!({"not-in-image": f.director_entry(&f.commits[1], 0, SERIAL, "hw1")}),
+    );
+    let err = f.once().unwrap_err();
+    f.assert_attack_then_recovery(&err, "does not sign");
+}
+
+#[test]
+fn director_hash_or_length_differs_from_the_image_repository() {
+    let mut f = Fixture::new();
+    f.serve(&["--director-root-and-targets-only"]);
+    // fakeos-2's name with fakeos-3's commit.
+    f.forge_director_targets(
+        json!({"fakeos-2": f.director_entry(&f.commits[2], 0, SERIAL, "hw1")}),
+    );
+    let err = f.once().unwrap_err();
+    f.assert_attack_then_recovery(&err, "in the Image repository");
+    let mut f = Fixture::new();
+    f.serve(&["--director-root-and-targets-only"]);
+    f.forge_director_targets(
+        json!({"fakeos-2": f.director_entry(&f.commits[1], 5, SERIAL, "hw1")}),
+    );
+    let err = f.once().unwrap_err();
+    f.assert_attack_then_recovery(&err, "length 5 in the Director");
+}
+
+#[test]
+fn wrong_hardware_id_or_unknown_ecu() {
+    let mut f = Fixture::new();
+    f.serve(&["--director-root-and-targets-only"]);
+    f.forge_director_targets(
+        json!({"fakeos-2": f.director_entry(&f.commits[1], 0, SERIAL, "other-hw")}),
+    );
+    let err = f.once().unwrap_err();
+    f.assert_attack_then_recovery(&err, "the ECU's is \"hw1\"");
+    let mut f = Fixture::new();
+    f.serve(&["--director-root-and-targets-only"]);
+    f.forge_director_targets(
+        json!({"fakeos-2": f.director_entry(&f.commits[1], 0, "ecu-9", "hw1")}),
+    );
+    let err = f.once().unwrap_err();
+    f.assert_attack_then_recovery(&err, "not an ECU of this device");
+}
+
+#[test]
+fn director_targets_replayed_from_an_older_version() {
+    let mut f = Fixture::new();
+    f.assign("fakeos-1");
+    assert!(f.once().unwrap().contains("up to date"));
+    f.assign("fakeos-1");
+    assert!(f.once().unwrap().contains("up to date"));
+    // The server replays the previous targets version. With timestamp and snapshot, the
+    // unchanged timestamp means the trusted targets stay and the replay is never fetched.
+    f.serve(&["--old-director-targets"]);
+    assert!(f.once().unwrap().contains("up to date"));
+    // A Director serving only root and targets: the lower version is a rollback.
+    f.serve(&["--old-director-targets", "--director-root-and-targets-only"]);
+    let err = f.once().unwrap_err();
+    f.assert_attack_then_recovery(&err, "rollback");
+}
+
+#[test]
+fn expired_image_timestamp_is_a_freeze() {
+    let mut f = Fixture::new();
+    let key = f.key("b/keys/image/timestamp.pem");
+    let path = f.p("b/repo/timestamp.json");
+    let old: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut signed = old["signed"].clone();
+    signed["version"] = json!(signed["version"].as_u64().unwrap() + 1);
+    signed["expires"] = json!("2020-01-01T00:00:00Z");
+    let original = std::fs::read(&path).unwrap();
+    std::fs::write(&path, sign_envelope(&signed, &[&key]).unwrap()).unwrap();
+    f.assign("fakeos-2");
+    let err = f.once().unwrap_err();
+    assert!(err.contains("expired"), "{err}");
+    std::fs::write(&path, original).unwrap();
+    backend(&["refresh", "-d", f.s("b")]);
+    f.assert_attack_then_recovery(&err, "timestamp");
+}
+
+#[test]
+fn image_root_rotation_with_too_few_signatures() {
+    let mut f = Fixture::new();
+    // Root v2 with a new root key, signed only by the new key (not by v1's).
+    let root1: Value =
+        serde_json::from_slice(&std::fs::read(f.p("b/repo/1.root.json")).unwrap()).unwrap();
+    let new_key = SigningKey::generate(Scheme::Ed25519).unwrap();
+    let mut signed = root1["signed"].clone();
+    signed["version"] = json!(2);
+    let old_id = signed["roles"]["root"]["keyids"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    signed["keys"].as_object_mut().unwrap().remove(&old_id);
+    signed["keys"][new_key.keyid()] = new_key.public().to_json().clone();
+    signed["roles"]["root"]["keyids"] = json!([new_key.keyid()]);
+    std::fs::write(
+        f.p("b/repo/2.root.json"),
+        sign_envelope(&signed, &[&new_key]).unwrap(),
+    )
+    .unwrap();
+    f.assign("fakeos-2");
+    let err = f.once().unwrap_err();
+    assert!(err.contains("threshold"), "{err}");
+    std::fs::remove_file(f.p("b/repo/2.root.json")).unwrap();
+    f.assert_attack_then_recovery(&err, "root");
+}
+
+#[test]
+fn corrupted_treehub_object() {
+    let mut f = Fixture::new();
+    f.serve(&["--corrupt-treehub-objects"]);
+    f.assign("fakeos-2");
+    let err = f.once().unwrap_err();
+    assert!(err.contains("downloading fakeos-2"), "{err}");
+    assert_eq!(f.deployments(), vec![f.commits[0].clone()]);
+    assert!(f.events().contains(&"EcuDownloadCompleted".to_owned()));
+    f.serve(&[]);
+    assert!(f.once().unwrap().contains("fakeos-2 installed"));
+}
