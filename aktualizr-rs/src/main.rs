@@ -33,6 +33,16 @@ enum Command {
     /// One update cycle: finalize a pending install after a reboot, register, report, check
     /// the Director and Image repository, and download and install what is assigned.
     Once,
+    /// Run as the device daemon: a cycle every `[uptane] polling_sec` seconds until SIGTERM or
+    /// SIGINT (which also end a download cleanly).
+    Daemon,
+    /// What the client knows: device ID, ECU serial and hardware ID, registration, current
+    /// and pending image, trusted metadata versions, the last error.
+    Info {
+        /// One JSON object (schema 1) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective configuration: every key, its value and the file that set it.
     Config {
         /// One JSON object instead of text.
@@ -41,8 +51,7 @@ enum Command {
     },
 }
 
-fn run_once(paths: &[PathBuf]) -> anyhow::Result<()> {
-    use aktualizr_rs::primary::{Outcome, Primary};
+fn primary(paths: &[PathBuf]) -> anyhow::Result<aktualizr_rs::primary::Primary> {
     use anyhow::Context as _;
     let config = aktualizr_rs::config::Config::load(paths)?;
     for w in &config.warnings {
@@ -50,16 +59,114 @@ fn run_once(paths: &[PathBuf]) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("locating this executable (the pull worker)")?;
     let worker = aktualizr_rs_store::Worker::new(exe, &[PULL_WORKER_ARG]);
-    let primary = Primary::new(config, worker)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    aktualizr_rs::primary::Primary::new(config, worker)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
-    match rt.block_on(primary.once())? {
-        Outcome::UpToDate => println!("up to date"),
-        Outcome::RebootPending(t) => println!("{t} is installed and waits for a reboot"),
-        Outcome::Installed(t) => println!("{t} installed; reboot to apply it"),
+        .context("starting the runtime")
+}
+
+fn describe(outcome: &aktualizr_rs::primary::Outcome) -> String {
+    use aktualizr_rs::primary::Outcome;
+    match outcome {
+        Outcome::UpToDate => "up to date".to_owned(),
+        Outcome::RebootPending(t) => format!("{t} is installed and waits for a reboot"),
+        Outcome::Installed(t) => format!("{t} installed; reboot to apply it"),
     }
+}
+
+fn run_once(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let primary = primary(paths)?;
+    let outcome = runtime()?.block_on(primary.once())?;
+    println!("{}", describe(&outcome));
+    Ok(())
+}
+
+fn run_daemon(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let primary = primary(paths)?;
+    let (device, serial, _) = primary.identity();
+    tracing::info!(device, serial, every = ?primary.polling(), "daemon started");
+    runtime()?.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            // A signal mid-cycle drops the cycle: a pull's worker process is killed, state
+            // written so far is complete (every write is atomic).
+            tokio::select! {
+                r = primary.once() => match r {
+                    Ok(o) => tracing::info!("{}", describe(&o)),
+                    Err(e) => tracing::error!("update cycle failed: {e:#}"),
+                },
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(primary.polling()) => {}
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+            }
+        }
+        tracing::info!("daemon stopped");
+        Ok(())
+    })
+}
+
+fn run_info(paths: &[PathBuf], json: bool) -> anyhow::Result<()> {
+    let info = primary(paths)?.info()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("Device ID: {}", s(&info["device_id"]));
+    println!("Primary ECU serial: {}", s(&info["primary_ecu_serial"]));
+    println!(
+        "Primary ECU hardware ID: {}",
+        s(&info["primary_ecu_hardware_id"])
+    );
+    println!(
+        "Registered: {}",
+        if info["registered"] == true {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    let cur = &info["current"];
+    println!(
+        "Current image: {} ({})",
+        s(&cur["target"]),
+        s(&cur["commit"])
+    );
+    println!(
+        "Pending image: {}",
+        match &info["pending"] {
+            serial_json @ serde_json::Value::Object(_) => format!(
+                "{} ({})",
+                s(&serial_json["target"]),
+                s(&serial_json["sha256"])
+            ),
+            _ => "none".to_owned(),
+        }
+    );
+    for repo in ["director", "image"] {
+        let m = &info["metadata"][repo];
+        println!(
+            "{repo} metadata versions: root {} timestamp {} snapshot {} targets {}",
+            s(&m["root"]),
+            s(&m["timestamp"]),
+            s(&m["snapshot"]),
+            s(&m["targets"])
+        );
+    }
+    println!("Last error: {}", s(&info["last_error"]));
     Ok(())
 }
 
@@ -238,6 +345,8 @@ fn main() -> ExitCode {
         Command::Status(args) => run_status(args, &cli.config),
         Command::Config { json } => run_config(&cli.config, json),
         Command::Once => run_once(&cli.config),
+        Command::Daemon => run_daemon(&cli.config),
+        Command::Info { json } => run_info(&cli.config, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -169,6 +169,56 @@ impl Primary {
         })
     }
 
+    /// What `aktualizr-rs info` shows (aktualizr-info's content): identity, registration,
+    /// current and pending image, trusted metadata versions, the last error.
+    pub fn info(&self) -> Result<Value> {
+        let state = State::load(&self.storage)?;
+        let current = self.store().ok().and_then(|s| s.current().ok().flatten());
+        let version = |repo: &str, role: &str| {
+            std::fs::read(
+                self.storage
+                    .join("metadata")
+                    .join(repo)
+                    .join(format!("{role}.json")),
+            )
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["signed"]["version"].as_u64())
+        };
+        let mut metadata = serde_json::Map::new();
+        for repo in ["director", "image"] {
+            let mut roles = serde_json::Map::new();
+            for role in ["root", "timestamp", "snapshot", "targets"] {
+                roles.insert(role.to_owned(), json!(version(repo, role)));
+            }
+            metadata.insert(repo.to_owned(), Value::Object(roles));
+        }
+        Ok(json!({
+            "schema": 1,
+            "device_id": self.device_id,
+            "primary_ecu_serial": self.serial,
+            "primary_ecu_hardware_id": self.hardware_id,
+            "registered": state.json["registered"] == json!(true),
+            "current": current.map(|d| json!({"commit": d.commit, "target": d.target, "version": d.version})),
+            "pending": state.json.get("pending").cloned().unwrap_or(Value::Null),
+            "reboot_sentinel": self.config.reboot_sentinel().exists(),
+            "director_mode": state.json.get("director_mode").cloned().unwrap_or(Value::Null),
+            "metadata": metadata,
+            "failed_targets": state.json.get("failed_targets").cloned().unwrap_or(json!([])),
+            "last_error": state.json.get("last_error").cloned().unwrap_or(Value::Null),
+            "storage": self.storage.display().to_string(),
+        }))
+    }
+
+    /// Seconds between polls (`[uptane] polling_sec`).
+    pub fn polling(&self) -> Duration {
+        Duration::from_secs(
+            u64::try_from(self.config.int("uptane.polling_sec"))
+                .unwrap_or(10)
+                .max(1),
+        )
+    }
+
     /// The device ID, primary ECU serial and hardware ID.
     pub fn identity(&self) -> (&str, &str, &str) {
         (&self.device_id, &self.serial, &self.hardware_id)

@@ -135,7 +135,7 @@ impl Fixture {
             format!(
                 "[tls]\nserver = \"{url}\"\n[pacman]\nsysroot = \"{}\"\nos = {OS}\n\
                  [storage]\npath = \"{}\"\n[bootloader]\nreboot_sentinel_dir = \"{}\"\n\
-                 [provision]\nprimary_ecu_serial = {SERIAL}\n",
+                 [provision]\nprimary_ecu_serial = {SERIAL}\n[uptane]\npolling_sec = 1\n",
                 self.p("sysroot").display(),
                 self.p("storage").display(),
                 self.p("run").display()
@@ -482,4 +482,78 @@ fn corrupted_treehub_object() {
     assert!(f.events().contains(&"EcuDownloadCompleted".to_owned()));
     f.serve(&[]);
     assert!(f.once().unwrap().contains("fakeos-2 installed"));
+}
+
+#[test]
+fn info_and_the_daemon() {
+    let mut f = Fixture::new();
+    let out = f.client(&["info", "--json"]);
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["device_id"], "dev1");
+    assert_eq!(info["registered"], false);
+    assert_eq!(info["current"]["commit"], f.commits[0].as_str());
+    f.once().unwrap();
+    let out = f.client(&["info"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Registered: yes"), "{text}");
+    assert!(
+        text.contains("director metadata versions: root 1 timestamp 1 snapshot 1 targets 1"),
+        "{text}"
+    );
+
+    // The daemon polls every second: an assignment is picked up without a restart.
+    let mut args = vec![
+        "-c",
+        f.s("b/devices/dev1/sota.toml"),
+        "-c",
+        f.s("zz-local.toml"),
+        "daemon",
+    ];
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"))
+        .args(&args)
+        .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    f.assign("fakeos-2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f.sentinel().exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not install"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let term = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    term(daemon.id());
+    assert!(
+        daemon.wait().unwrap().success(),
+        "SIGTERM ends the daemon cleanly"
+    );
+    assert_eq!(f.deployments()[0], f.commits[1]);
+
+    // SIGTERM in the middle of a slow cycle also ends it at once and cleanly.
+    f.serve(&["--delay-ms", "3000"]);
+    args.truncate(4);
+    args.push("daemon");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"))
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let started = std::time::Instant::now();
+    term(daemon.id());
+    assert!(daemon.wait().unwrap().success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
