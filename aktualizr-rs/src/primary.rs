@@ -269,6 +269,7 @@ impl Primary {
             return Ok(Outcome::RebootPending(p));
         }
         self.register(&mut state).await?;
+        self.report_device_data(&mut state).await;
         self.send_manifest(&mut state).await?;
         let result = self.check_and_install(&mut state).await;
         if let Err(e) = &result {
@@ -666,6 +667,83 @@ impl Primary {
         Ok(Outcome::Installed(a.target))
     }
 
+    /// Device data, each sent when it changed since the last successful send (by SHA-256 of
+    /// what would be sent, kept in the state): hardware info, installed packages, network
+    /// info, configuration. Failures are logged and retried next cycle.
+    async fn report_device_data(&self, state: &mut State) {
+        let server = self
+            .config
+            .str("tls.server")
+            .trim_end_matches('/')
+            .to_owned();
+        let mut items: Vec<(&str, reqwest::Method, String, &str, Vec<u8>)> = vec![(
+            "hardware_info",
+            reqwest::Method::PUT,
+            format!("{server}/system_info"),
+            "application/json",
+            hardware_info().to_string().into_bytes(),
+        )];
+        if let Some(packages) =
+            installed_packages(Path::new(self.config.str("pacman.packages_file")))
+        {
+            items.push((
+                "installed_packages",
+                reqwest::Method::PUT,
+                format!("{server}/core/installed"),
+                "application/json",
+                packages.to_string().into_bytes(),
+            ));
+        }
+        if self.config.bool("telemetry.report_network") {
+            items.push((
+                "network_info",
+                reqwest::Method::PUT,
+                format!("{server}/system_info/network"),
+                "application/json",
+                network_info(&server).to_string().into_bytes(),
+            ));
+        }
+        if self.config.bool("telemetry.report_config") {
+            let mut text = String::new();
+            for (key, setting) in self.config.effective() {
+                text.push_str(&format!("{key} = {:?}\n", setting.value));
+            }
+            items.push((
+                "configuration",
+                reqwest::Method::POST,
+                format!("{server}/system_info/config"),
+                "application/toml",
+                text.into_bytes(),
+            ));
+        }
+        for (kind, method, url, content_type, body) in items {
+            let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, &body).as_ref());
+            if state.json["device_data"][kind] == json!(hash) {
+                continue;
+            }
+            let sent = self
+                .client
+                .request(method.clone(), &url)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    if !state.json["device_data"].is_object() {
+                        state.json["device_data"] = json!({});
+                    }
+                    state.json["device_data"][kind] = json!(hash);
+                }
+                Ok(r) => tracing::warn!("{method} {url}: HTTP {}", r.status()),
+                Err(e) => tracing::warn!("{method} {url}: {e}"),
+            }
+        }
+        if let Err(e) = state.save(&self.storage) {
+            tracing::warn!("saving the state: {e:#}");
+        }
+    }
+
     fn queue_event(
         &self,
         state: &mut State,
@@ -759,6 +837,80 @@ fn ecu_key(config: &Config, storage: &Path) -> Result<SigningKey> {
     atomic_write(&path, key.to_pkcs8_pem().as_bytes())
         .with_context(|| format!("writing the ECU key {}", path.display()))?;
     Ok(key)
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// A small hardware description (aktualizr sends `lshw -json`, which devices rarely have).
+fn hardware_info() -> Value {
+    let memory_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    json!({
+        "id": hostname(),
+        "class": "system",
+        "architecture": std::env::consts::ARCH,
+        "kernel": read_trimmed("/proc/sys/kernel/osrelease"),
+        "product": read_trimmed("/sys/class/dmi/id/product_name"),
+        "vendor": read_trimmed("/sys/class/dmi/id/sys_vendor"),
+        "memory_kb": memory_kb,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+    })
+}
+
+/// `[pacman] packages_file`: lines `name version` (None when the file is absent).
+fn installed_packages(path: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let list: Vec<Value> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some(json!({"name": it.next()?, "version": it.next().unwrap_or("")}))
+        })
+        .collect();
+    Some(Value::Array(list))
+}
+
+/// The address and interface the device reaches the server with, and its MAC.
+fn network_info(server: &str) -> Value {
+    let host_port = server
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("127.0.0.1:443")
+        .to_owned();
+    let host_port = if host_port.contains(':') {
+        host_port
+    } else {
+        format!("{host_port}:443")
+    };
+    // A UDP "connect" sends nothing; it only picks the route and so the local address.
+    let local = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect(&host_port)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let mac = default_interface()
+        .and_then(|i| read_trimmed(&format!("/sys/class/net/{i}/address")))
+        .unwrap_or_default();
+    json!({"local_ipv4": local, "mac": mac, "hostname": hostname()})
+}
+
+/// The interface of the default route (`/proc/net/route`, destination 00000000).
+fn default_interface() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"00000000")).then(|| f[0].to_owned())
+    })
 }
 
 /// A random (version 4) UUID.

@@ -332,6 +332,38 @@ fn happy_path_then_finalize_after_reboot() {
         "fakeos-2"
     );
     assert_eq!(f.events().last().unwrap(), "EcuInstallationCompleted");
+
+    // Device data went once each (it did not change between the cycles).
+    let log = backend(&["device-log", "-d", f.s("b"), "dev1", "--json"]);
+    let paths: Vec<String> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["path"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for p in [
+        "/system_info",
+        "/system_info/network",
+        "/system_info/config",
+    ] {
+        assert_eq!(
+            paths.iter().filter(|x| *x == p).count(),
+            1,
+            "{p}: {paths:?}"
+        );
+    }
+    let config = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["path"] == "/system_info/config")
+        .unwrap();
+    assert!(config["body"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("pacman.os = \"fakeos\""));
 }
 
 #[test]
