@@ -160,6 +160,10 @@ enum Cmd {
         /// Fault: serve each device its previous Director targets version (a replay).
         #[arg(long)]
         old_director_targets: bool,
+        /// Append a line per request to this file: device, method, path, status, request
+        /// and response body bytes.
+        #[arg(long)]
+        access_log: Option<PathBuf>,
     },
     /// Print everything DEVICE sent (manifests, events, device data), oldest first.
     DeviceLog {
@@ -481,6 +485,7 @@ fn run(cli: Cli) -> Result<()> {
             drop_after_bytes,
             corrupt_treehub_objects,
             old_director_targets,
+            access_log,
         } => {
             let b = Backend::open(&dir)?;
             let opts = serve::Options {
@@ -492,6 +497,7 @@ fn run(cli: Cli) -> Result<()> {
                     corrupt_treehub_objects,
                     old_director_targets,
                 },
+                access_log,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -44,6 +44,9 @@ pub struct Options {
     pub director_root_and_targets_only: bool,
     /// Fault switches.
     pub faults: Faults,
+    /// Append one line per request here: `DEVICE METHOD PATH STATUS REQUEST_BYTES
+    /// RESPONSE_BYTES` (bodies only; for measuring what a client costs).
+    pub access_log: Option<PathBuf>,
 }
 
 struct State {
@@ -174,7 +177,31 @@ pub async fn serve(dir: &Path, opts: Options) -> Result<()> {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let device = device.clone();
-                async move { Ok::<_, Infallible>(handle(&state, device.as_deref(), req).await) }
+                async move {
+                    let line = state.opts.access_log.as_ref().map(|_| {
+                        let len = req
+                            .headers()
+                            .get(hyper::header::CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("0")
+                            .to_owned();
+                        format!(
+                            "{} {} {} {len}",
+                            device.as_deref().unwrap_or("-"),
+                            req.method(),
+                            req.uri().path()
+                        )
+                    });
+                    let response = handle(&state, device.as_deref(), req).await;
+                    if let (Some(path), Some(line)) = (&state.opts.access_log, line) {
+                        let out = hyper::body::Body::size_hint(response.body()).exact().unwrap_or(0);
+                        let entry = format!("{line} {} {out}\n", response.status().as_u16());
+                        if let Err(e) = aktualizr_rs_fsutil::append_synced(path, entry.as_bytes()) {
+                            eprintln!("uptane-repo: access log {}: {e}", path.display());
+                        }
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)

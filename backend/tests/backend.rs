@@ -430,6 +430,16 @@ fn director_modes_and_fault_switches() {
         assert_eq!(get(&c, &format!("{}/repo/root.json", srv.url)).0, 200);
     }
     {
+        let log = f.p("access.log");
+        let srv = serve(&f.p("b"), &["--access-log", log.to_str().unwrap()]);
+        assert_eq!(get(&c, &format!("{}/repo/targets/fw.bin", srv.url)).0, 200);
+        assert_eq!(get(&c, &format!("{}/nothing", srv.url)).0, 404);
+        let lines = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = lines.lines().collect();
+        assert_eq!(lines[0], "dev1 GET /repo/targets/fw.bin 0 200 15");
+        assert!(lines[1].starts_with("dev1 GET /nothing 0 404 "), "{lines:?}");
+    }
+    {
         let srv = serve(&f.p("b"), &["--delay-ms", "300"]);
         let started = std::time::Instant::now();
         assert_eq!(get(&c, &format!("{}/repo/root.json", srv.url)).0, 200);
