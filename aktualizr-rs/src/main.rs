@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use aktualizr_rs::primary::Phase;
 use aktualizr_rs::tuf_client;
 use clap::{Args, Parser, Subcommand};
 
@@ -33,6 +34,16 @@ enum Command {
     /// One update cycle: finalize a pending install after a reboot, register, report, check
     /// the Director and Image repository, and download and install what is assigned.
     Once,
+    /// Verify the metadata and print what is assigned and not installed (nothing is
+    /// downloaded).
+    Check,
+    /// Verify and download what is assigned, without installing it.
+    Download,
+    /// Verify, download (only what is missing) and install what is assigned: the same as
+    /// `once`.
+    Install,
+    /// Only the finalization after a reboot: report whether the pending update booted.
+    Finalize,
     /// Run as the device daemon: a cycle every `[uptane] polling_sec` seconds until SIGTERM or
     /// SIGINT (which also end a download cleanly).
     Daemon,
@@ -76,12 +87,14 @@ fn describe(outcome: &aktualizr_rs::primary::Outcome) -> String {
         Outcome::UpToDate => "up to date".to_owned(),
         Outcome::RebootPending(t) => format!("{t} is installed and waits for a reboot"),
         Outcome::Installed(t) => format!("{t} installed; reboot to apply it"),
+        Outcome::Available(t) => format!("{t} is available"),
+        Outcome::Downloaded(t) => format!("{t} is downloaded"),
     }
 }
 
-fn run_once(paths: &[PathBuf]) -> anyhow::Result<()> {
+fn run_cycle(paths: &[PathBuf], phase: Phase) -> anyhow::Result<()> {
     let primary = primary(paths)?;
-    let outcome = runtime()?.block_on(primary.once())?;
+    let outcome = runtime()?.block_on(primary.cycle(phase))?;
     println!("{}", describe(&outcome));
     Ok(())
 }
@@ -344,7 +357,14 @@ fn main() -> ExitCode {
         Command::Tuf(args) => run_tuf(args),
         Command::Status(args) => run_status(args, &cli.config),
         Command::Config { json } => run_config(&cli.config, json),
-        Command::Once => run_once(&cli.config),
+        Command::Once | Command::Install => run_cycle(&cli.config, Phase::Install),
+        Command::Check => run_cycle(&cli.config, Phase::Check),
+        Command::Download => run_cycle(&cli.config, Phase::Download),
+        Command::Finalize => primary(&cli.config).and_then(|p| {
+            let o = runtime()?.block_on(p.finalize_only())?;
+            println!("{}", describe(&o));
+            Ok(())
+        }),
         Command::Daemon => run_daemon(&cli.config),
         Command::Info { json } => run_info(&cli.config, json),
     };

@@ -71,6 +71,21 @@ pub enum Outcome {
     RebootPending(String),
     /// The target was installed as the pending deployment; the device must reboot.
     Installed(String),
+    /// (`check`) The target is assigned, verified, and not installed yet.
+    Available(String),
+    /// (`download`) The target is verified and downloaded, not installed yet.
+    Downloaded(String),
+}
+
+/// How far a cycle goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Verify metadata and say what is assigned.
+    Check,
+    /// Also download it.
+    Download,
+    /// Also install it (the whole cycle).
+    Install,
 }
 
 /// The device's identity and clients, from the configuration.
@@ -260,6 +275,24 @@ impl Primary {
 
     /// One update cycle.
     pub async fn once(&self) -> Result<Outcome> {
+        self.cycle(Phase::Install).await
+    }
+
+    /// Only the finalization after a reboot (and the manifest that reports it).
+    pub async fn finalize_only(&self) -> Result<Outcome> {
+        let mut state = State::load(&self.storage)?;
+        self.finalize(&mut state)?;
+        if let Some(p) = state.json["pending"]["target"].as_str() {
+            return Ok(Outcome::RebootPending(p.to_owned()));
+        }
+        self.register(&mut state).await?;
+        self.send_manifest(&mut state).await?;
+        self.flush_events(&mut state).await;
+        Ok(Outcome::UpToDate)
+    }
+
+    /// A cycle up to `phase`.
+    pub async fn cycle(&self, phase: Phase) -> Result<Outcome> {
         let mut state = State::load(&self.storage)?;
         self.finalize(&mut state)?;
         if let Some(p) = state.json["pending"]["target"].as_str() {
@@ -271,7 +304,7 @@ impl Primary {
         self.register(&mut state).await?;
         self.report_device_data(&mut state).await;
         self.send_manifest(&mut state).await?;
-        let result = self.check_and_install(&mut state).await;
+        let result = self.check_and_install(&mut state, phase).await;
         if let Err(e) = &result {
             let attack = e
                 .chain()
@@ -542,7 +575,7 @@ impl Primary {
         Ok(t)
     }
 
-    async fn check_and_install(&self, state: &mut State) -> Result<Outcome> {
+    async fn check_and_install(&self, state: &mut State, phase: Phase) -> Result<Outcome> {
         let director = self.director_targets(state).await?;
         let ecus = [uptane::Ecu {
             serial: self.serial.clone(),
@@ -611,6 +644,9 @@ impl Primary {
             );
         }
         let commit: Commit = sha.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        if phase == Phase::Check {
+            return Ok(Outcome::Available(a.target));
+        }
 
         // Download.
         self.queue_event(state, "EcuDownloadStarted", &correlation, None);
@@ -644,6 +680,9 @@ impl Primary {
         state.save(&self.storage)?;
         let stats = pulled.with_context(|| format!("downloading {}", a.target))?;
         tracing::info!(target = %a.target, objects = stats.fetched, bytes = stats.bytes, "downloaded");
+        if phase == Phase::Download {
+            return Ok(Outcome::Downloaded(a.target));
+        }
 
         // Install.
         self.queue_event(state, "EcuInstallationStarted", &correlation, None);

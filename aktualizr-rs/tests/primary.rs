@@ -589,3 +589,48 @@ fn info_and_the_daemon() {
         started.elapsed()
     );
 }
+
+#[test]
+fn check_download_install_and_finalize_as_separate_steps() {
+    let f = Fixture::new();
+    f.assign("fakeos-2");
+    let step = |cmd: &str| {
+        let out = f.client(&[cmd]);
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(step("check").trim(), "fakeos-2 is available");
+    assert_eq!(f.deployments().len(), 1);
+    let repo = format!("--repo={}", f.p("sysroot/ostree/repo").display());
+    let has_commit = || {
+        Command::new("ostree")
+            .args(["show", &repo, &f.commits[1]])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!has_commit(), "check downloads nothing");
+    assert_eq!(step("download").trim(), "fakeos-2 is downloaded");
+    assert!(has_commit());
+    assert_eq!(f.deployments().len(), 1, "download installs nothing");
+    assert!(!f.sentinel().exists());
+    assert_eq!(
+        step("install").trim(),
+        "fakeos-2 installed; reboot to apply it"
+    );
+    assert_eq!(
+        step("finalize").trim(),
+        "fakeos-2 is installed and waits for a reboot"
+    );
+    std::fs::remove_file(f.sentinel()).unwrap();
+    assert_eq!(step("finalize").trim(), "up to date");
+    assert_eq!(
+        f.last_manifest()["signed"]["installation_report"]["report"]["result"]["success"],
+        true
+    );
+}

@@ -194,7 +194,9 @@ pub async fn serve(dir: &Path, opts: Options) -> Result<()> {
                     });
                     let response = handle(&state, device.as_deref(), req).await;
                     if let (Some(path), Some(line)) = (&state.opts.access_log, line) {
-                        let out = hyper::body::Body::size_hint(response.body()).exact().unwrap_or(0);
+                        let out = hyper::body::Body::size_hint(response.body())
+                            .exact()
+                            .unwrap_or(0);
                         let entry = format!("{line} {} {out}\n", response.status().as_u16());
                         if let Err(e) = aktualizr_rs_fsutil::append_synced(path, entry.as_bytes()) {
                             eprintln!("uptane-repo: access log {}: {e}", path.display());

@@ -437,7 +437,10 @@ fn director_modes_and_fault_switches() {
         let lines = std::fs::read_to_string(&log).unwrap();
         let lines: Vec<&str> = lines.lines().collect();
         assert_eq!(lines[0], "dev1 GET /repo/targets/fw.bin 0 200 15");
-        assert!(lines[1].starts_with("dev1 GET /nothing 0 404 "), "{lines:?}");
+        assert!(
+            lines[1].starts_with("dev1 GET /nothing 0 404 "),
+            "{lines:?}"
+        );
     }
     {
         let srv = serve(&f.p("b"), &["--delay-ms", "300"]);
