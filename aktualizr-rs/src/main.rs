@@ -89,6 +89,7 @@ fn describe(outcome: &aktualizr_rs::primary::Outcome) -> String {
         Outcome::Installed(t) => format!("{t} installed; reboot to apply it"),
         Outcome::Available(t) => format!("{t} is available"),
         Outcome::Downloaded(t) => format!("{t} is downloaded"),
+        Outcome::Stored(t) => format!("{t} installed (stored; no reboot needed)"),
     }
 }
 

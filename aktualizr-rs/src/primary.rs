@@ -75,6 +75,8 @@ pub enum Outcome {
     Available(String),
     /// (`download`) The target is verified and downloaded, not installed yet.
     Downloaded(String),
+    /// A binary target was verified and stored in `[pacman] images_path`; no reboot needed.
+    Stored(String),
 }
 
 /// How far a cycle goes.
@@ -354,6 +356,7 @@ impl Primary {
         };
         tracing::info!(target, success, "{description}");
         if success {
+            state.json["installed_binary"] = Value::Null;
             state.json["installed"] =
                 json!({"target": target, "sha256": sha, "length": pending["length"]});
         } else {
@@ -464,6 +467,12 @@ impl Primary {
     /// What the primary runs: the current deployment, by its recorded target name, else by
     /// the installed record, else by its commit.
     fn installed_image(&self, state: &State) -> Result<Value> {
+        let b = &state.json["installed_binary"];
+        if let Some(name) = b["target"].as_str() {
+            return Ok(
+                json!({"filepath": name, "fileinfo": {"length": b["length"], "hashes": {"sha256": b["sha256"]}}}),
+            );
+        }
         let current = self.store()?.current()?;
         let Some(d) = current else {
             return Ok(
@@ -600,7 +609,9 @@ impl Primary {
             .map(|(_, h)| h.clone())
             .context("the assigned target has no sha256")?;
         let current = self.store()?.current()?;
-        if current.as_ref().is_some_and(|d| d.commit == sha) {
+        if current.as_ref().is_some_and(|d| d.commit == sha)
+            || state.json["installed_binary"]["sha256"] == json!(sha)
+        {
             return Ok(Outcome::UpToDate);
         }
         if state.json["failed_targets"]
@@ -637,9 +648,42 @@ impl Primary {
             .and_then(|v| v.as_str())
             .unwrap_or("OSTREE")
             .to_owned();
+        if format == "BINARY" {
+            let entry = image_entry.context("no Image entry")?;
+            if phase == Phase::Check {
+                return Ok(Outcome::Available(a.target));
+            }
+            let url_path = image.target_url_path(&a.target, &entry);
+            self.queue_event(state, "EcuDownloadStarted", &correlation, None);
+            state.save(&self.storage)?;
+            let stored = self.download_binary(&a.target, &entry, &url_path).await;
+            self.queue_event(
+                state,
+                "EcuDownloadCompleted",
+                &correlation,
+                Some(stored.is_ok()),
+            );
+            state.save(&self.storage)?;
+            let path = stored.with_context(|| format!("downloading {}", a.target))?;
+            if phase == Phase::Download {
+                return Ok(Outcome::Downloaded(a.target));
+            }
+            self.queue_event(state, "EcuInstallationStarted", &correlation, None);
+            state.json["installed_binary"] = json!({
+                "target": a.target, "sha256": sha, "length": entry.length,
+                "path": path.display().to_string(),
+            });
+            state.json["installation_result"] = json!({
+                "correlation_id": correlation, "success": true, "code": "OK",
+                "description": format!("{} stored as {}", a.target, path.display()),
+            });
+            self.queue_event(state, "EcuInstallationCompleted", &correlation, Some(true));
+            state.save(&self.storage)?;
+            return Ok(Outcome::Stored(a.target));
+        }
         if format != "OSTREE" {
             bail!(
-                "target {}: format {format} is not supported yet (only OSTREE)",
+                "target {}: format {format} is not supported (OSTREE or BINARY)",
                 a.target
             );
         }
@@ -781,6 +825,87 @@ impl Primary {
         if let Err(e) = state.save(&self.storage) {
             tracing::warn!("saving the state: {e:#}");
         }
+    }
+
+    /// Downloads a binary target into the content-addressed blob store
+    /// (`<images_path>/<sha256>`): resumes a partial `<sha256>.part` with a Range request,
+    /// never takes more than the listed length, and keeps the file only when length and every
+    /// hash match. A blob already stored is not downloaded again.
+    async fn download_binary(
+        &self,
+        target: &str,
+        file: &aktualizr_rs_metadata::TargetFile,
+        url_path: &str,
+    ) -> Result<PathBuf> {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = PathBuf::from(self.config.str("pacman.images_path"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let sha = file
+            .hashes
+            .iter()
+            .find(|(a, _)| a == "sha256")
+            .map(|(_, h)| h.clone())
+            .context("no sha256")?;
+        let done = dir.join(&sha);
+        if std::fs::read(&done).is_ok_and(|b| file.verify(target, &b).is_ok()) {
+            return Ok(done);
+        }
+        let part = dir.join(format!("{sha}.part"));
+        let mut have = std::fs::metadata(&part).map_or(0, |m| m.len());
+        if have > file.length {
+            have = 0;
+        }
+        let url = format!(
+            "{}/targets/{url_path}",
+            self.config.str("uptane.repo_server").trim_end_matches('/')
+        );
+        let mut req = self.client.get(&url);
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut resp = req.send().await.with_context(|| format!("GET {url}"))?;
+        let append = match resp.status() {
+            reqwest::StatusCode::PARTIAL_CONTENT => true,
+            s if s.is_success() => false,
+            s => bail!("GET {url}: HTTP {s}"),
+        };
+        if !append {
+            have = 0;
+        }
+        tracing::info!(target, resume_from = have, "downloading binary target");
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&part)
+            .await
+            .with_context(|| format!("opening {}", part.display()))?;
+        let mut total = have;
+        while let Some(chunk) = resp.chunk().await.with_context(|| format!("GET {url}"))? {
+            total += chunk.len() as u64;
+            if total > file.length {
+                drop(out);
+                let _ = std::fs::remove_file(&part);
+                return Err(MetaError::LengthMismatch {
+                    role: target.to_owned(),
+                    expected: file.length,
+                    found: total,
+                }
+                .into());
+            }
+            out.write_all(&chunk).await?;
+        }
+        out.sync_all().await?;
+        drop(out);
+        let bytes = std::fs::read(&part)?;
+        if let Err(e) = file.verify(target, &bytes) {
+            let _ = std::fs::remove_file(&part);
+            return Err(e.into());
+        }
+        std::fs::rename(&part, &done)?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(done)
     }
 
     fn queue_event(

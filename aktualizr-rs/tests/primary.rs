@@ -133,10 +133,11 @@ impl Fixture {
         std::fs::write(
             self.p("zz-local.toml"),
             format!(
-                "[tls]\nserver = \"{url}\"\n[pacman]\nsysroot = \"{}\"\nos = {OS}\n\
+                "[tls]\nserver = \"{url}\"\n[pacman]\nsysroot = \"{}\"\nos = {OS}\nimages_path = \"{}\"\n\
                  [storage]\npath = \"{}\"\n[bootloader]\nreboot_sentinel_dir = \"{}\"\n\
                  [provision]\nprimary_ecu_serial = {SERIAL}\n[uptane]\npolling_sec = 1\n",
                 self.p("sysroot").display(),
+                self.p("images").display(),
                 self.p("storage").display(),
                 self.p("run").display()
             ),
@@ -633,4 +634,54 @@ fn check_download_install_and_finalize_as_separate_steps() {
         f.last_manifest()["signed"]["installation_report"]["report"]["result"]["success"],
         true
     );
+}
+
+#[test]
+fn binary_target_is_stored_and_a_cut_download_resumes() {
+    let mut f = Fixture::new();
+    let fw: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(f.p("fw.bin"), &fw).unwrap();
+    backend(&[
+        "add-file",
+        "-d",
+        f.s("b"),
+        f.s("fw.bin"),
+        "--name",
+        "fw-1.bin",
+        "--hardware-id",
+        "hw1",
+    ]);
+    let log = f.p("access.log");
+    let log_s = log.to_str().unwrap();
+    // The connection drops after 100,000 bytes of the file.
+    f.serve(&["--drop-after-bytes", "100000", "--access-log", log_s]);
+    f.assign("fw-1.bin");
+    let err = f.once().unwrap_err();
+    assert!(err.contains("downloading fw-1.bin"), "{err}");
+    let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &fw).as_ref());
+    let part = f.p(&format!("images/{sha}.part"));
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), 100_000);
+    // The next cycle asks for the rest only.
+    f.serve(&["--access-log", log_s]);
+    std::fs::write(&log, "").unwrap();
+    let out = f.once().unwrap();
+    assert!(
+        out.contains("fw-1.bin installed (stored; no reboot needed)"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(f.p(&format!("images/{sha}"))).unwrap(), fw);
+    assert!(!part.exists());
+    let access = std::fs::read_to_string(&log).unwrap();
+    let line = access
+        .lines()
+        .find(|l| l.contains("/repo/targets/fw-1.bin"))
+        .unwrap();
+    assert!(line.ends_with(" 206 200000"), "{line}");
+    assert_eq!(f.deployments().len(), 1, "a binary target deploys nothing");
+    f.once().unwrap();
+    assert_eq!(
+        f.last_ecu_manifest()["installed_image"]["filepath"],
+        "fw-1.bin"
+    );
+    assert!(f.once().unwrap().contains("up to date"));
 }
