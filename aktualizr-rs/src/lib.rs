@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod primary;
+pub mod service;
 pub mod status;
 pub mod tuf_client;

@@ -44,6 +44,10 @@ enum Command {
     Install,
     /// Only the finalization after a reboot: report whether the pending update booted.
     Finalize,
+    /// For ostree-pending-reboot.service: reboot (with `[bootloader] reboot_command`) only if
+    /// the sentinel exists, the recorded update is a pending deployment, and neither the lock
+    /// file `<sentinel dir>/reboot.lock` nor a systemd inhibitor lock holds it off.
+    RebootIfPending,
     /// Run as the device daemon: a cycle every `[uptane] polling_sec` seconds until SIGTERM or
     /// SIGINT (which also end a download cleanly).
     Daemon,
@@ -101,31 +105,86 @@ fn run_cycle(paths: &[PathBuf], phase: Phase) -> anyhow::Result<()> {
 }
 
 fn run_daemon(paths: &[PathBuf]) -> anyhow::Result<()> {
+    use aktualizr_rs::service::{notify, watchdog_interval};
     let primary = primary(paths)?;
     let (device, serial, _) = primary.identity();
     tracing::info!(device, serial, every = ?primary.polling(), "daemon started");
-    runtime()?.block_on(async {
+    // The watchdog is pinged from this loop, between and during cycles: a loop that stops
+    // being polled (a blocked thread) stops the pings and systemd restarts the service.
+    let ping_every = watchdog_interval().unwrap_or(std::time::Duration::from_secs(3600));
+    let result = runtime()?.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
+        let mut ping = tokio::time::interval(ping_every);
+        notify("READY=1\nSTATUS=started");
+        'outer: loop {
+            notify("STATUS=checking for updates");
+            let cycle = primary.once();
+            tokio::pin!(cycle);
             // A signal mid-cycle drops the cycle: a pull's worker process is killed, state
             // written so far is complete (every write is atomic).
-            tokio::select! {
-                r = primary.once() => match r {
-                    Ok(o) => tracing::info!("{}", describe(&o)),
-                    Err(e) => tracing::error!("update cycle failed: {e:#}"),
-                },
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
+            loop {
+                tokio::select! {
+                    r = &mut cycle => {
+                        let status = match r {
+                            Ok(o) => describe(&o),
+                            Err(e) => format!("update cycle failed: {e:#}"),
+                        };
+                        tracing::info!("{status}");
+                        notify(&format!("STATUS={status}"));
+                        break;
+                    }
+                    _ = ping.tick() => notify("WATCHDOG=1"),
+                    _ = tokio::signal::ctrl_c() => break 'outer,
+                    _ = term.recv() => break 'outer,
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(primary.polling()) => {}
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
+            let sleep = tokio::time::sleep(primary.polling());
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = ping.tick() => notify("WATCHDOG=1"),
+                    _ = tokio::signal::ctrl_c() => break 'outer,
+                    _ = term.recv() => break 'outer,
+                }
             }
         }
-        tracing::info!("daemon stopped");
         Ok(())
-    })
+    });
+    notify("STOPPING=1");
+    tracing::info!("daemon stopped");
+    result
+}
+
+fn run_reboot_if_pending(paths: &[PathBuf]) -> anyhow::Result<()> {
+    use aktualizr_rs::service::{blocking_inhibitors, reboot_decision, RebootDecision};
+    use anyhow::Context as _;
+    let config = aktualizr_rs::config::Config::load(paths)?;
+    let state =
+        aktualizr_rs::primary::State::load(std::path::Path::new(config.str("storage.path")))?;
+    let sysroot = match config.str("pacman.sysroot") {
+        "" => PathBuf::from("/"),
+        s => PathBuf::from(s),
+    };
+    let os = Some(config.str("pacman.os")).filter(|s| !s.is_empty());
+    let deployments = aktualizr_rs_store::Store::open(&sysroot, os)
+        .and_then(|s| s.deployments())
+        .with_context(|| format!("reading the deployments of {}", sysroot.display()))?;
+    let decision = reboot_decision(
+        &config.reboot_sentinel(),
+        state.json["pending"]["sha256"].as_str(),
+        &deployments,
+        &blocking_inhibitors(),
+    );
+    match decision {
+        RebootDecision::Skip(why) => println!("not rebooting: {why}"),
+        RebootDecision::Reboot => {
+            let command = config.str("bootloader.reboot_command");
+            println!("rebooting into the pending update: {command}");
+            aktualizr_rs::service::run_reboot_command(command)?;
+        }
+    }
+    Ok(())
 }
 
 fn run_info(paths: &[PathBuf], json: bool) -> anyhow::Result<()> {
@@ -367,6 +426,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Daemon => run_daemon(&cli.config),
+        Command::RebootIfPending => run_reboot_if_pending(&cli.config),
         Command::Info { json } => run_info(&cli.config, json),
     };
     match result {

@@ -134,12 +134,13 @@ impl Fixture {
             self.p("zz-local.toml"),
             format!(
                 "[tls]\nserver = \"{url}\"\n[pacman]\nsysroot = \"{}\"\nos = {OS}\nimages_path = \"{}\"\n\
-                 [storage]\npath = \"{}\"\n[bootloader]\nreboot_sentinel_dir = \"{}\"\n\
+                 [storage]\npath = \"{}\"\n[bootloader]\nreboot_sentinel_dir = \"{}\"\nreboot_command = \"touch {}\"\n\
                  [provision]\nprimary_ecu_serial = {SERIAL}\n[uptane]\npolling_sec = 1\n",
                 self.p("sysroot").display(),
                 self.p("images").display(),
                 self.p("storage").display(),
-                self.p("run").display()
+                self.p("run").display(),
+                self.p("rebooted").display()
             ),
         )
         .unwrap();
@@ -154,6 +155,23 @@ impl Fixture {
         ];
         all.extend_from_slice(args);
         run(env!("CARGO_BIN_EXE_aktualizr-rs"), &all)
+    }
+
+    /// `aktualizr-rs ARGS` with extra environment variables.
+    fn client_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"));
+        cmd.args([
+            "-c",
+            self.s("b/devices/dev1/sota.toml"),
+            "-c",
+            self.s("zz-local.toml"),
+        ])
+        .args(args)
+        .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
     }
 
     fn once(&self) -> Result<String, String> {
@@ -684,4 +702,144 @@ fn binary_target_is_stored_and_a_cut_download_resumes() {
         "fw-1.bin"
     );
     assert!(f.once().unwrap().contains("up to date"));
+}
+
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = aktualizr_rs_testsupport::workspace().join("systemd");
+    let mut units = Vec::new();
+    for name in [
+        "aktualizr-rs.service",
+        "ostree-pending-reboot.service",
+        "ostree-pending-reboot.timer",
+    ] {
+        // The units name the installed binary; verify checks that it exists.
+        let text = std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .replace("/usr/bin/aktualizr-rs", env!("CARGO_BIN_EXE_aktualizr-rs"));
+        std::fs::write(tmp.path().join(name), text).unwrap();
+        units.push(tmp.path().join(name));
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect("systemd-analyze is missing: run scripts/setup");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "warnings: {stderr}");
+
+    // scripts/install-device puts binary, units and tmpfiles entry in place.
+    let root = tmp.path().join("root");
+    let out = Command::new(aktualizr_rs_testsupport::workspace().join("scripts/install-device"))
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "usr/bin/aktualizr-rs",
+        "usr/lib/systemd/system/aktualizr-rs.service",
+        "usr/lib/systemd/system/ostree-pending-reboot.timer",
+        "usr/lib/tmpfiles.d/aktualizr-rs.conf",
+    ] {
+        assert!(root.join(f).exists(), "{f}");
+    }
+}
+
+#[test]
+fn pending_reboot_only_when_pending_and_not_inhibited() {
+    let f = Fixture::new();
+    let reboot = |env: &[(&str, &str)]| {
+        let out = f.client_env(&["reboot-if-pending"], env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let rebooted = f.p("rebooted");
+    // No sentinel: nothing to do.
+    assert!(reboot(&[]).contains("no reboot pending"));
+    assert!(!rebooted.exists());
+    f.assign("fakeos-2");
+    f.once().unwrap();
+    // The lock file holds it off.
+    let lock = f.p("run/reboot.lock");
+    std::fs::write(&lock, b"").unwrap();
+    assert!(reboot(&[]).contains("reboot.lock exists"));
+    std::fs::remove_file(&lock).unwrap();
+    // A systemd inhibitor lock on shutdown holds it off (systemd-inhibit faked on PATH).
+    let bin = f.p("fakebin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("systemd-inhibit");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'backup 0 root 123 backup shutdown:sleep Backup running block'\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    assert!(reboot(&[("PATH", &path)]).contains("inhibitor lock blocks shutdown"));
+    assert!(!rebooted.exists());
+    // Otherwise: reboot.
+    assert!(reboot(&[]).contains("rebooting into the pending update"));
+    assert!(rebooted.exists());
+    std::fs::remove_file(&rebooted).unwrap();
+    // The recorded update is no longer a pending deployment: no reboot.
+    ostree(&["admin", "undeploy", "--sysroot", f.s("sysroot"), "0"]);
+    assert!(reboot(&[]).contains("is not a pending deployment"));
+    assert!(!rebooted.exists());
+}
+
+#[test]
+fn daemon_speaks_sd_notify_and_pings_the_watchdog() {
+    let f = Fixture::new();
+    let sock_path = f.p("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"))
+        .args([
+            "-c",
+            f.s("b/devices/dev1/sota.toml"),
+            "-c",
+            f.s("zz-local.toml"),
+            "daemon",
+        ])
+        .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(seen
+        .iter()
+        .any(|m: &String| m.starts_with("STATUS=up to date"))
+        && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3)
+    {
+        let n = sock.recv(&mut buf).expect("no sd_notify message in 20 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(seen[0], "READY=1\nSTATUS=started");
+    assert!(Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(daemon.wait().unwrap().success());
+    loop {
+        let n = sock.recv(&mut buf).expect("no STOPPING=1");
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
 }
