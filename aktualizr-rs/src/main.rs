@@ -14,9 +14,10 @@ use clap::{Args, Parser, Subcommand};
     about = "Uptane update client for OSTree-based embedded Linux"
 )]
 struct Cli {
-    /// Log level as aktualizr: 0 trace, 1 debug, 2 info, 3 warning, 4 error, 5 fatal.
-    #[arg(long, global = true, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=5))]
-    loglevel: u8,
+    /// Log level as aktualizr: 0 trace, 1 debug, 2 info, 3 warning, 4 error, 5 fatal;
+    /// default: `[logger] loglevel` of the configuration, else 2.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u8).range(0..=5))]
+    loglevel: Option<u8>,
     /// A configuration file or directory (repeatable; default: /usr/lib/sota/conf.d then
     /// /etc/sota/conf.d). Files merge as aktualizr merges them.
     #[arg(short = 'c', long = "config", global = true)]
@@ -355,7 +356,11 @@ enum TufAction {
     Download,
 }
 
+/// Logs to journald (structured: every event field, such as `target`, becomes a journal
+/// field) when systemd connected stderr to the journal (`$JOURNAL_STREAM`), else to stderr.
 fn init_logging(level: u8) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = match level {
         0 => "trace",
         1 => "debug",
@@ -363,10 +368,20 @@ fn init_logging(level: u8) {
         3 => "warn",
         _ => "error",
     };
+    let filter = tracing_subscriber::EnvFilter::new(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(journald.with_syslog_identifier("aktualizr-rs".to_owned()))
+                .try_init();
+            return;
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(filter)
         .try_init();
 }
 
@@ -412,7 +427,14 @@ fn main() -> ExitCode {
         return aktualizr_rs_store::worker_main(args.collect());
     }
     let cli = Cli::parse();
-    init_logging(cli.loglevel);
+    let level = cli.loglevel.unwrap_or_else(|| {
+        aktualizr_rs::config::Config::load(&cli.config)
+            .ok()
+            .and_then(|c| u8::try_from(c.int("logger.loglevel")).ok())
+            .unwrap_or(2)
+            .min(5)
+    });
+    init_logging(level);
     let result = match cli.command {
         Command::Tuf(args) => run_tuf(args),
         Command::Status(args) => run_status(args, &cli.config),
