@@ -76,6 +76,13 @@ const KEYS: &[(&str, Type, &str)] = &[
     ),
     ("bootloader.reboot_sentinel_name", Type::Str, "need_reboot"),
     ("bootloader.reboot_command", Type::Str, "/sbin/reboot"),
+    // aktualizr-rs's own: consent gates and windows (see consent.rs).
+    ("consent.download_approval", Type::Bool, "false"),
+    ("consent.install_approval", Type::Bool, "false"),
+    ("consent.reboot_approval", Type::Bool, "false"),
+    ("consent.download_window", Type::Str, ""),
+    ("consent.install_window", Type::Str, ""),
+    ("consent.reboot_window", Type::Str, ""),
 ];
 
 fn known(key: &str) -> Option<(Type, &'static str)> {

@@ -4,6 +4,7 @@
 //! `aktualizr-rs-metadata`, the image store in `aktualizr-rs-store`.
 
 pub mod config;
+pub mod consent;
 pub mod primary;
 pub mod service;
 pub mod status;

@@ -45,6 +45,12 @@ enum Command {
     Install,
     /// Only the finalization after a reboot: report whether the pending update booted.
     Finalize,
+    /// Approve a step the configuration gates (`[consent] <operation>_approval`): download,
+    /// install or reboot. Approves what waits for it now, else the next one.
+    Approve {
+        /// download, install or reboot.
+        operation: aktualizr_rs::consent::Operation,
+    },
     /// For ostree-pending-reboot.service: reboot (with `[bootloader] reboot_command`) only if
     /// the sentinel exists, the recorded update is a pending deployment, and neither the lock
     /// file `<sentinel dir>/reboot.lock` nor a systemd inhibitor lock holds it off.
@@ -95,6 +101,7 @@ fn describe(outcome: &aktualizr_rs::primary::Outcome) -> String {
         Outcome::Available(t) => format!("{t} is available"),
         Outcome::Downloaded(t) => format!("{t} is downloaded"),
         Outcome::Stored(t) => format!("{t} installed (stored; no reboot needed)"),
+        Outcome::Waiting(r) => format!("waiting for {r}"),
     }
 }
 
@@ -157,6 +164,36 @@ fn run_daemon(paths: &[PathBuf]) -> anyhow::Result<()> {
     result
 }
 
+fn state_target(state: &aktualizr_rs::primary::State) -> (String, String) {
+    let p = &state.json["pending"];
+    (
+        p["target"].as_str().unwrap_or_default().to_owned(),
+        p["sha256"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn run_approve(paths: &[PathBuf], op: aktualizr_rs::consent::Operation) -> anyhow::Result<()> {
+    let config = aktualizr_rs::config::Config::load(paths)?;
+    let storage = PathBuf::from(config.str("storage.path"));
+    let mut state = aktualizr_rs::primary::State::load(&storage)?;
+    let waiting = &state.json["waiting"];
+    let (what, target) = if waiting["operation"] == op.name() {
+        (
+            waiting["sha256"].clone(),
+            waiting["target"].as_str().unwrap_or("?").to_owned(),
+        )
+    } else {
+        (serde_json::json!("*"), "the next update".to_owned())
+    };
+    if !state.json["approvals"].is_object() {
+        state.json["approvals"] = serde_json::json!({});
+    }
+    state.json["approvals"][op.name()] = what;
+    state.save(&storage)?;
+    println!("approved: {} of {target}", op.name());
+    Ok(())
+}
+
 fn run_reboot_if_pending(paths: &[PathBuf]) -> anyhow::Result<()> {
     use aktualizr_rs::service::{blocking_inhibitors, reboot_decision, RebootDecision};
     use anyhow::Context as _;
@@ -177,6 +214,30 @@ fn run_reboot_if_pending(paths: &[PathBuf]) -> anyhow::Result<()> {
         &deployments,
         &blocking_inhibitors(),
     );
+    let decision = match decision {
+        RebootDecision::Reboot => {
+            // The reboot gate: approval and window.
+            let storage = PathBuf::from(config.str("storage.path"));
+            let mut state = state;
+            let target = state_target(&state);
+            match aktualizr_rs::primary::gate(
+                &config,
+                &mut state,
+                aktualizr_rs::consent::Operation::Reboot,
+                target,
+            )? {
+                Some(reason) => {
+                    state.save(&storage)?;
+                    RebootDecision::Skip(format!("waiting for {reason}"))
+                }
+                None => {
+                    state.save(&storage)?;
+                    RebootDecision::Reboot
+                }
+            }
+        }
+        skip => skip,
+    };
     match decision {
         RebootDecision::Skip(why) => println!("not rebooting: {why}"),
         RebootDecision::Reboot => {
@@ -310,6 +371,17 @@ fn run_status(args: StatusArgs, config_paths: &[PathBuf]) -> anyhow::Result<()> 
         os: store.os().to_owned(),
         deployments: store.deployments().context("listing deployments")?,
         reboot_pending: sentinel.exists(),
+        waiting: aktualizr_rs::primary::State::load(std::path::Path::new(
+            config.str("storage.path"),
+        ))
+        .ok()
+        .and_then(|s| {
+            let w = &s.json["waiting"];
+            w["reason"].as_str().map(|r| match w["target"].as_str() {
+                Some(t) => format!("{r}, for {t}"),
+                None => r.to_owned(),
+            })
+        }),
     };
     if args.json {
         println!(
@@ -449,6 +521,7 @@ fn main() -> ExitCode {
         }),
         Command::Daemon => run_daemon(&cli.config),
         Command::RebootIfPending => run_reboot_if_pending(&cli.config),
+        Command::Approve { operation } => run_approve(&cli.config, operation),
         Command::Info { json } => run_info(&cli.config, json),
     };
     match result {

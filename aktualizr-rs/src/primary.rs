@@ -27,6 +27,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::consent::Operation;
 use crate::tuf_client::{DirCache, HttpFetcher};
 
 /// What is persisted between cycles, in `<storage>/state.json` (replaced atomically).
@@ -77,6 +78,52 @@ pub enum Outcome {
     Downloaded(String),
     /// A binary target was verified and stored in `[pacman] images_path`; no reboot needed.
     Stored(String),
+    /// A step waits for an approval or a time window (the reason).
+    Waiting(String),
+}
+
+/// Whether `op` of `target` (name, sha256) may run now under the `[consent]` gates. When it
+/// may, an approval it used is consumed and any waiting record cleared; when it may not, the
+/// waiting record says why (the caller saves the state).
+pub fn gate(
+    config: &Config,
+    state: &mut State,
+    op: crate::consent::Operation,
+    target: (String, String),
+) -> Result<Option<String>> {
+    let (name, sha) = target;
+    let key = format!("consent.{}_window", op.name());
+    let window = match config.str(&key) {
+        "" => None,
+        w => Some(crate::consent::Window::parse(w).map_err(|e| {
+            anyhow::anyhow!("[consent] {}: {e}", key.trim_start_matches("consent."))
+        })?),
+    };
+    let needs = config.bool(&format!("consent.{}_approval", op.name()));
+    let approval = &state.json["approvals"][op.name()];
+    let approved = approval == &json!("*") || approval == &json!(sha);
+    match crate::consent::blocked(
+        op,
+        needs,
+        approved,
+        window.as_ref(),
+        crate::consent::now_local(),
+    ) {
+        Some(reason) => {
+            state.json["waiting"] =
+                json!({"operation": op.name(), "reason": reason, "target": name, "sha256": sha});
+            Ok(Some(reason))
+        }
+        None => {
+            if needs {
+                if let Some(a) = state.json["approvals"].as_object_mut() {
+                    a.remove(op.name());
+                }
+            }
+            state.json["waiting"] = Value::Null;
+            Ok(None)
+        }
+    }
 }
 
 /// How far a cycle goes.
@@ -654,6 +701,14 @@ impl Primary {
                 return Ok(Outcome::Available(a.target));
             }
             let url_path = image.target_url_path(&a.target, &entry);
+            if let Some(r) = gate(
+                &self.config,
+                state,
+                Operation::Download,
+                (a.target.clone(), sha.clone()),
+            )? {
+                return Ok(Outcome::Waiting(r));
+            }
             self.queue_event(state, "EcuDownloadStarted", &correlation, None);
             state.save(&self.storage)?;
             let stored = self.download_binary(&a.target, &entry, &url_path).await;
@@ -667,6 +722,14 @@ impl Primary {
             let path = stored.with_context(|| format!("downloading {}", a.target))?;
             if phase == Phase::Download {
                 return Ok(Outcome::Downloaded(a.target));
+            }
+            if let Some(r) = gate(
+                &self.config,
+                state,
+                Operation::Install,
+                (a.target.clone(), sha.clone()),
+            )? {
+                return Ok(Outcome::Waiting(r));
             }
             self.queue_event(state, "EcuInstallationStarted", &correlation, None);
             state.json["installed_binary"] = json!({
@@ -693,6 +756,14 @@ impl Primary {
         }
 
         // Download.
+        if let Some(r) = gate(
+            &self.config,
+            state,
+            Operation::Download,
+            (a.target.clone(), sha.clone()),
+        )? {
+            return Ok(Outcome::Waiting(r));
+        }
         self.queue_event(state, "EcuDownloadStarted", &correlation, None);
         state.save(&self.storage)?;
         let mut opts = PullOptions::new(self.config.str("pacman.ostree_server"));
@@ -729,6 +800,14 @@ impl Primary {
         }
 
         // Install.
+        if let Some(r) = gate(
+            &self.config,
+            state,
+            Operation::Install,
+            (a.target.clone(), sha.clone()),
+        )? {
+            return Ok(Outcome::Waiting(r));
+        }
         self.queue_event(state, "EcuInstallationStarted", &correlation, None);
         self.store()?
             .deploy(&commit, Some(&a.target))

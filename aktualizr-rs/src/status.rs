@@ -16,6 +16,8 @@ pub struct Status {
     pub deployments: Vec<Deployment>,
     /// Whether the reboot sentinel exists.
     pub reboot_pending: bool,
+    /// What the client waits for before its next step (an approval, a window), if anything.
+    pub waiting: Option<String>,
 }
 
 impl Status {
@@ -58,6 +60,9 @@ impl Status {
         } else {
             "Reboot pending: no\n"
         });
+        if let Some(w) = &self.waiting {
+            out.push_str(&format!("Waiting for: {w}\n"));
+        }
         out
     }
 
@@ -67,6 +72,7 @@ impl Status {
             "schema": JSON_SCHEMA,
             "os": self.os,
             "reboot_pending": self.reboot_pending,
+            "waiting": self.waiting,
             "deployments": self.deployments.iter().map(|d| json!({
                 "os": d.os,
                 "commit": d.commit,
@@ -108,6 +114,7 @@ mod tests {
                 },
             ],
             reboot_pending: true,
+            waiting: None,
         }
     }
 

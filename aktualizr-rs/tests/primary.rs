@@ -843,3 +843,98 @@ fn daemon_speaks_sd_notify_and_pings_the_watchdog() {
         }
     }
 }
+
+impl Fixture {
+    /// Appends configuration (after serve(), which rewrites the file).
+    fn add_config(&self, text: &str) {
+        let mut c = std::fs::read_to_string(self.p("zz-local.toml")).unwrap();
+        c.push_str(text);
+        std::fs::write(self.p("zz-local.toml"), c).unwrap();
+    }
+
+    /// `aktualizr-rs ARGS` at a fake local time; stdout, which must be a success.
+    fn at(&self, now: &str, args: &[&str]) -> String {
+        let out = self.client_env(args, &[("AKTUALIZR_RS_FAKE_NOW", now)]);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn install_waits_for_approval_across_restarts() {
+    let f = Fixture::new();
+    f.add_config("[consent]\ninstall_approval = true\n");
+    f.assign("fakeos-2");
+    let now = "2026-11-27T12:00";
+    let out = f.at(now, &["once"]);
+    assert!(
+        out.contains("waiting for approval to install (aktualizr-rs approve install)"),
+        "{out}"
+    );
+    assert_eq!(f.deployments().len(), 1, "not installed");
+    // Each command is a new process: the waiting state is persisted and shown.
+    let status = f.at(now, &["status"]);
+    assert!(
+        status.contains(
+            "Waiting for: approval to install (aktualizr-rs approve install), for fakeos-2"
+        ),
+        "{status}"
+    );
+    assert!(f.at(now, &["once"]).contains("waiting for approval"));
+    assert!(f
+        .at(now, &["approve", "install"])
+        .contains("approved: install of fakeos-2"));
+    assert!(f.at(now, &["once"]).contains("fakeos-2 installed"));
+    assert!(!f.at(now, &["status"]).contains("Waiting for"));
+    // The approval was used up: the next update waits again.
+    std::fs::remove_file(f.sentinel()).unwrap();
+    f.at(now, &["once"]);
+    f.assign("fakeos-3");
+    assert!(f
+        .at(now, &["once"])
+        .contains("waiting for approval to install"));
+}
+
+#[test]
+fn download_and_reboot_windows() {
+    let f = Fixture::new();
+    f.add_config("[consent]\ndownload_window = Mon-Fri 01:00-05:00\nreboot_window = Sat,Sun 02:00-04:00\nreboot_approval = true\n");
+    f.assign("fakeos-2");
+    // Saturday noon: outside the download window; nothing is fetched.
+    let out = f.at("2026-11-28T12:00", &["once"]);
+    assert!(
+        out.contains(
+            "waiting for the download window Mon-Fri 01:00-05:00, which opens Mon 2026-11-30 01:00"
+        ),
+        "{out}"
+    );
+    assert_eq!(f.deployments().len(), 1);
+    // Monday 01:30: inside; downloaded and installed.
+    assert!(f
+        .at("2026-11-30T01:30", &["once"])
+        .contains("fakeos-2 installed"));
+    // The reboot waits for its approval, then for its window.
+    let rebooted = f.p("rebooted");
+    let out = f.at("2026-11-30T01:31", &["reboot-if-pending"]);
+    assert!(
+        out.contains("not rebooting: waiting for approval to reboot"),
+        "{out}"
+    );
+    f.at("2026-11-30T01:32", &["approve", "reboot"]);
+    let out = f.at("2026-11-30T01:33", &["reboot-if-pending"]);
+    assert!(
+        out.contains(
+            "waiting for the reboot window Sat,Sun 02:00-04:00, which opens Sat 2026-12-05 02:00"
+        ),
+        "{out}"
+    );
+    assert!(!rebooted.exists());
+    assert!(f
+        .at("2026-12-05T02:10", &["reboot-if-pending"])
+        .contains("rebooting"));
+    assert!(rebooted.exists());
+}
