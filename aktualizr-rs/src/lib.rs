@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod consent;
+pub mod dbus;
 pub mod primary;
 pub mod service;
 pub mod status;

@@ -112,46 +112,179 @@ fn run_cycle(paths: &[PathBuf], phase: Phase) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn state_word(outcome: &anyhow::Result<aktualizr_rs::primary::Outcome>) -> &'static str {
+    use aktualizr_rs::primary::Outcome;
+    match outcome {
+        Ok(Outcome::UpToDate | Outcome::Stored(_)) => "idle",
+        Ok(Outcome::RebootPending(_) | Outcome::Installed(_)) => "reboot-pending",
+        Ok(Outcome::Available(_)) => "update-available",
+        Ok(Outcome::Downloaded(_)) => "downloaded",
+        Ok(Outcome::Waiting(_)) => "waiting",
+        Err(_) => "error",
+    }
+}
+
+/// The daemon's properties, refreshed from what the client knows.
+fn refresh_snapshot(
+    primary: &aktualizr_rs::primary::Primary,
+    snap: &std::sync::Mutex<aktualizr_rs::dbus::Snapshot>,
+    state: &str,
+) {
+    let info = primary.info().unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let waiting = aktualizr_rs::primary::State::load(primary.storage())
+        .ok()
+        .and_then(|s| s.json["waiting"]["reason"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut s = snap.lock().unwrap_or_else(|e| e.into_inner());
+    s.state = state.to_owned();
+    s.current_target = info["current"]["target"]
+        .as_str()
+        .or_else(|| info["current"]["commit"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    s.pending_target = text(&info["pending"]["target"]);
+    s.need_reboot = info["reboot_sentinel"] == true;
+    s.last_error = text(&info["last_error"]);
+    s.waiting = waiting;
+}
+
 fn run_daemon(paths: &[PathBuf]) -> anyhow::Result<()> {
+    use aktualizr_rs::dbus::{self as bus, Command as BusCommand, Snapshot};
     use aktualizr_rs::service::{notify, watchdog_interval};
-    let primary = primary(paths)?;
+    use std::sync::{Arc, Mutex};
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    let primary = primary(paths)?.with_progress(progress_tx);
     let (device, serial, _) = primary.identity();
     tracing::info!(device, serial, every = ?primary.polling(), "daemon started");
     // The watchdog is pinged from this loop, between and during cycles: a loop that stops
     // being polled (a blocked thread) stops the pings and systemd restarts the service.
     let ping_every = watchdog_interval().unwrap_or(std::time::Duration::from_secs(3600));
     let result = runtime()?.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut ping = tokio::time::interval(ping_every);
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+        refresh_snapshot(&primary, &snapshot, "idle");
+        let conn = match bus::serve(bus::Client::new(snapshot.clone(), cmd_tx)).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("D-Bus API not available: {e}");
+                None
+            }
+        };
+        let set_state = |state: &'static str| {
+            refresh_snapshot(&primary, &snapshot, state);
+            let conn = conn.clone();
+            async move {
+                if let Some(c) = &conn {
+                    bus::emit_state(c, state).await;
+                }
+            }
+        };
         notify("READY=1\nSTATUS=started");
+        let mut next = Some(Phase::Install);
+        let mut paused = false;
+        // Commands that change what runs next; the others are handled in place.
+        let handle = |cmd: BusCommand, next: &mut Option<Phase>, paused: &mut bool| match cmd {
+            BusCommand::CheckNow => *next = Some(Phase::Check),
+            BusCommand::Download => *next = Some(Phase::Download),
+            BusCommand::Install => *next = Some(Phase::Install),
+            BusCommand::Pause => *paused = true,
+            BusCommand::Resume => {
+                *paused = false;
+                *next = Some(Phase::Install);
+            }
+            BusCommand::Abort => {}
+            BusCommand::Approve(op) => {
+                match aktualizr_rs::primary::approve(primary.storage(), op) {
+                    Ok(what) => tracing::info!("approved over D-Bus: {what}"),
+                    Err(e) => tracing::warn!("approving {}: {e:#}", op.name()),
+                }
+            }
+        };
         'outer: loop {
-            notify("STATUS=checking for updates");
-            let cycle = primary.once();
-            tokio::pin!(cycle);
-            // A signal mid-cycle drops the cycle: a pull's worker process is killed, state
-            // written so far is complete (every write is atomic).
-            loop {
-                tokio::select! {
-                    r = &mut cycle => {
+            if let Some(phase) = next.take().filter(|_| !paused) {
+                set_state(match phase {
+                    Phase::Check => "checking",
+                    Phase::Download => "downloading",
+                    Phase::Install => "updating",
+                })
+                .await;
+                notify("STATUS=checking for updates");
+                let mut deferred = Vec::new();
+                let outcome = {
+                    let cycle = primary.cycle(phase);
+                    tokio::pin!(cycle);
+                    // A signal or Abort mid-cycle drops the cycle: a pull's worker process
+                    // is killed, state written so far is complete (every write is atomic).
+                    loop {
+                        tokio::select! {
+                            r = &mut cycle => break Some(r),
+                            _ = ping.tick() => notify("WATCHDOG=1"),
+                            Some((phase, pct)) = progress_rx.recv() => {
+                                let overall = match phase {
+                                    "check" => 10,
+                                    "download" => 10 + pct * 8 / 10,
+                                    _ => 100,
+                                };
+                                snapshot.lock().unwrap_or_else(|e| e.into_inner()).progress = overall;
+                                if let Some(c) = &conn {
+                                    bus::emit_progress(c, overall, phase, pct).await;
+                                }
+                            }
+                            Some(cmd) = cmd_rx.recv() => match cmd {
+                                BusCommand::Abort => break None,
+                                BusCommand::Pause => { paused = true; break None }
+                                other => deferred.push(other),
+                            },
+                            _ = tokio::signal::ctrl_c() => break 'outer,
+                            _ = term.recv() => break 'outer,
+                        }
+                    }
+                };
+                let word = match &outcome {
+                    Some(r) => {
                         let status = match r {
-                            Ok(o) => describe(&o),
+                            Ok(o) => describe(o),
                             Err(e) => format!("update cycle failed: {e:#}"),
                         };
                         tracing::info!("{status}");
                         notify(&format!("STATUS={status}"));
-                        break;
+                        state_word(r)
                     }
-                    _ = ping.tick() => notify("WATCHDOG=1"),
-                    _ = tokio::signal::ctrl_c() => break 'outer,
-                    _ = term.recv() => break 'outer,
+                    None => {
+                        tracing::info!("update cycle aborted");
+                        "idle"
+                    }
+                };
+                for cmd in deferred {
+                    handle(cmd, &mut next, &mut paused);
+                }
+                set_state(if paused { "paused" } else { word }).await;
+                if next.is_some() && !paused {
+                    continue;
                 }
             }
             let sleep = tokio::time::sleep(primary.polling());
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
-                    _ = &mut sleep => break,
+                    _ = &mut sleep => { next = Some(Phase::Install); break }
                     _ = ping.tick() => notify("WATCHDOG=1"),
+                    Some(cmd) = cmd_rx.recv() => {
+                        let was_paused = paused;
+                        handle(cmd, &mut next, &mut paused);
+                        if paused != was_paused {
+                            set_state(if paused { "paused" } else { "idle" }).await;
+                        } else {
+                            // (The lock must be released before refresh_snapshot takes it.)
+                            let state = snapshot.lock().unwrap_or_else(|e| e.into_inner()).state.clone();
+                            refresh_snapshot(&primary, &snapshot, &state);
+                        }
+                        if next.is_some() && !paused { break }
+                    }
                     _ = tokio::signal::ctrl_c() => break 'outer,
                     _ = term.recv() => break 'outer,
                 }
@@ -174,23 +307,9 @@ fn state_target(state: &aktualizr_rs::primary::State) -> (String, String) {
 
 fn run_approve(paths: &[PathBuf], op: aktualizr_rs::consent::Operation) -> anyhow::Result<()> {
     let config = aktualizr_rs::config::Config::load(paths)?;
-    let storage = PathBuf::from(config.str("storage.path"));
-    let mut state = aktualizr_rs::primary::State::load(&storage)?;
-    let waiting = &state.json["waiting"];
-    let (what, target) = if waiting["operation"] == op.name() {
-        (
-            waiting["sha256"].clone(),
-            waiting["target"].as_str().unwrap_or("?").to_owned(),
-        )
-    } else {
-        (serde_json::json!("*"), "the next update".to_owned())
-    };
-    if !state.json["approvals"].is_object() {
-        state.json["approvals"] = serde_json::json!({});
-    }
-    state.json["approvals"][op.name()] = what;
-    state.save(&storage)?;
-    println!("approved: {} of {target}", op.name());
+    let what =
+        aktualizr_rs::primary::approve(std::path::Path::new(config.str("storage.path")), op)?;
+    println!("approved: {what}");
     Ok(())
 }
 
@@ -380,6 +499,17 @@ fn run_status(args: StatusArgs, config_paths: &[PathBuf]) -> anyhow::Result<()> 
             w["reason"].as_str().map(|r| match w["target"].as_str() {
                 Some(t) => format!("{r}, for {t}"),
                 None => r.to_owned(),
+            })
+        }),
+        daemon: runtime().ok().and_then(|rt| {
+            rt.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    aktualizr_rs::dbus::daemon_state(),
+                )
+                .await
+                .ok()
+                .flatten()
             })
         }),
     };

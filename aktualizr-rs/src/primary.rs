@@ -148,6 +148,28 @@ pub struct Primary {
     hardware_id: String,
     key: SigningKey,
     worker: Worker,
+    progress: Option<tokio::sync::mpsc::UnboundedSender<(&'static str, u32)>>,
+}
+
+/// Records an approval of `op` in the state under `storage`: of the target waiting for it,
+/// else of the next one. Returns what was approved.
+pub fn approve(storage: &Path, op: Operation) -> Result<String> {
+    let mut state = State::load(storage)?;
+    let waiting = &state.json["waiting"];
+    let (what, target) = if waiting["operation"] == op.name() {
+        (
+            waiting["sha256"].clone(),
+            waiting["target"].as_str().unwrap_or("?").to_owned(),
+        )
+    } else {
+        (json!("*"), "the next update".to_owned())
+    };
+    if !state.json["approvals"].is_object() {
+        state.json["approvals"] = json!({});
+    }
+    state.json["approvals"][op.name()] = what;
+    state.save(storage)?;
+    Ok(format!("{} of {target}", op.name()))
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
@@ -230,7 +252,28 @@ impl Primary {
             hardware_id,
             key,
             worker,
+            progress: None,
         })
+    }
+
+    /// Sends `(phase, percent)` progress to `tx` during cycles.
+    pub fn with_progress(
+        mut self,
+        tx: tokio::sync::mpsc::UnboundedSender<(&'static str, u32)>,
+    ) -> Primary {
+        self.progress = Some(tx);
+        self
+    }
+
+    fn report(&self, phase: &'static str, percent: u32) {
+        if let Some(tx) = &self.progress {
+            let _ = tx.send((phase, percent));
+        }
+    }
+
+    /// The storage directory.
+    pub fn storage(&self) -> &Path {
+        &self.storage
     }
 
     /// What `aktualizr-rs info` shows (aktualizr-info's content): identity, registration,
@@ -751,6 +794,7 @@ impl Primary {
             );
         }
         let commit: Commit = sha.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        self.report("check", 100);
         if phase == Phase::Check {
             return Ok(Outcome::Available(a.target));
         }
@@ -772,8 +816,13 @@ impl Primary {
         opts.tls_ca = self.config.import_path("import.tls_cacert_path");
         let os = Some(self.config.str("pacman.os")).filter(|s| !s.is_empty());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<aktualizr_rs_store::PullStats>();
+        let reporter = self.progress.clone();
         let progress = tokio::spawn(async move {
             while let Some(s) = rx.recv().await {
+                if let Some(r) = &reporter {
+                    let pct = (u64::from(s.fetched) * 100 / u64::from(s.requested.max(1))).min(100);
+                    let _ = r.send(("download", u32::try_from(pct).unwrap_or(100)));
+                }
                 tracing::info!(
                     fetched = s.fetched,
                     requested = s.requested,
@@ -820,6 +869,7 @@ impl Primary {
             "release_counter": image_entry.as_ref().and_then(|e| e.custom()).and_then(|c| c.get("releaseCounter")).cloned(),
         });
         self.queue_event(state, "EcuInstallationApplied", &correlation, None);
+        self.report("install", 100);
         state.save(&self.storage)?;
         let dir = PathBuf::from(self.config.str("bootloader.reboot_sentinel_dir"));
         aktualizr_rs_store::write_reboot_sentinel(

@@ -18,6 +18,8 @@ pub struct Status {
     pub reboot_pending: bool,
     /// What the client waits for before its next step (an approval, a window), if anything.
     pub waiting: Option<String>,
+    /// The running daemon's state (over D-Bus), or None when no daemon answers.
+    pub daemon: Option<String>,
 }
 
 impl Status {
@@ -63,6 +65,10 @@ impl Status {
         if let Some(w) = &self.waiting {
             out.push_str(&format!("Waiting for: {w}\n"));
         }
+        match &self.daemon {
+            Some(d) => out.push_str(&format!("Daemon: {d}\n")),
+            None => out.push_str("Daemon: not running (state read from disk)\n"),
+        }
         out
     }
 
@@ -73,6 +79,7 @@ impl Status {
             "os": self.os,
             "reboot_pending": self.reboot_pending,
             "waiting": self.waiting,
+            "daemon": self.daemon,
             "deployments": self.deployments.iter().map(|d| json!({
                 "os": d.os,
                 "commit": d.commit,
@@ -115,6 +122,7 @@ mod tests {
             ],
             reboot_pending: true,
             waiting: None,
+            daemon: None,
         }
     }
 

@@ -746,6 +746,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
         "usr/lib/systemd/system/aktualizr-rs.service",
         "usr/lib/systemd/system/ostree-pending-reboot.timer",
         "usr/lib/tmpfiles.d/aktualizr-rs.conf",
+        "usr/share/dbus-1/system.d/org.aktualizr_rs.Client.conf",
     ] {
         assert!(root.join(f).exists(), "{f}");
     }
@@ -937,4 +938,258 @@ fn download_and_reboot_windows() {
         .at("2026-12-05T02:10", &["reboot-if-pending"])
         .contains("rebooting"));
     assert!(rebooted.exists());
+}
+
+/// A private dbus-daemon configured like the system bus, with our policy file included.
+struct Bus {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Bus {
+    fn start(dir: &std::path::Path) -> Bus {
+        let policy =
+            aktualizr_rs_testsupport::workspace().join("systemd/org.aktualizr_rs.Client.conf");
+        let socket = dir.join("bus");
+        let conf = dir.join("bus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus"/>
+  </policy>
+  <include>{}</include>
+</busconfig>
+"#,
+                socket.display(),
+                policy.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .arg("--nofork")
+            .spawn()
+            .expect("dbus-daemon is missing: run scripts/setup");
+        let bus = Bus {
+            child,
+            address: format!("unix:path={}", socket.display()),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dbus-daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        bus
+    }
+
+    fn busctl(&self, args: &[&str]) -> Output {
+        Command::new("busctl")
+            .arg(format!("--address={}", self.address))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn call(&self, method: &str, extra: &[&str]) {
+        let mut args = vec![
+            "call",
+            "org.aktualizr_rs.Client",
+            "/org/aktualizr_rs/Client",
+            "org.aktualizr_rs.Client1",
+            method,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.busctl(&args);
+        assert!(
+            out.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn property(&self, name: &str) -> String {
+        let out = self.busctl(&[
+            "get-property",
+            "org.aktualizr_rs.Client",
+            "/org/aktualizr_rs/Client",
+            "org.aktualizr_rs.Client1",
+            name,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if text.is_empty() {
+            return format!("(busctl: {})", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        text
+    }
+
+    fn wait_for(&self, name: &str, expected: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let v = self.property(name);
+            if v == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} is {v:?}, expected {expected:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn dbus_api_on_a_real_bus_daemon() {
+    let f = Fixture::new();
+    f.add_config("[consent]\ninstall_approval = true\n[uptane]\npolling_sec = 3600\n");
+    let busdir = f.p("dbus");
+    std::fs::create_dir(&busdir).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(f.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&busdir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bus = Bus::start(&busdir);
+    let monitor_out = std::fs::File::create(f.p("monitor.log")).unwrap();
+    let mut monitor = Served(
+        Command::new("dbus-monitor")
+            .arg("--address")
+            .arg(&bus.address)
+            .arg("type='signal',interface='org.aktualizr_rs.Client1'")
+            .stdout(monitor_out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut daemon = Served(
+        Command::new(env!("CARGO_BIN_EXE_aktualizr-rs"))
+            .args([
+                "-c",
+                f.s("b/devices/dev1/sota.toml"),
+                "-c",
+                f.s("zz-local.toml"),
+                "daemon",
+            ])
+            .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .stderr(std::fs::File::create(f.p("daemon.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    bus.wait_for("State", "s \"idle\"");
+    assert_eq!(bus.property("NeedReboot"), "b false");
+    assert_eq!(
+        bus.property("CurrentTarget"),
+        format!("s \"{}\"", f.commits[0])
+    );
+
+    f.assign("fakeos-2");
+    bus.call("CheckNow", &[]);
+    bus.wait_for("State", "s \"update-available\"");
+    bus.call("Install", &[]);
+    bus.wait_for("State", "s \"waiting\"");
+    assert!(
+        bus.property("Waiting").contains("approval to install"),
+        "{}",
+        bus.property("Waiting")
+    );
+    bus.call("Approve", &["s", "install"]);
+    bus.call("Install", &[]);
+    bus.wait_for("State", "s \"reboot-pending\"");
+    assert_eq!(bus.property("NeedReboot"), "b true");
+    assert_eq!(bus.property("PendingTarget"), "s \"fakeos-2\"");
+    assert_eq!(bus.property("Progress"), "u 100");
+    bus.call("Pause", &[]);
+    bus.wait_for("State", "s \"paused\"");
+    bus.call("Resume", &[]);
+    bus.wait_for("State", "s \"reboot-pending\"");
+    let bad = bus.busctl(&[
+        "call",
+        "org.aktualizr_rs.Client",
+        "/org/aktualizr_rs/Client",
+        "org.aktualizr_rs.Client1",
+        "Approve",
+        "s",
+        "everything",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected download, install or reboot"));
+
+    // The policy: anyone reads properties, only root (and group aktualizr) calls methods.
+    let nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+            .arg(format!("--address={}", bus.address))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let read = nobody(&[
+        "get-property",
+        "org.aktualizr_rs.Client",
+        "/org/aktualizr_rs/Client",
+        "org.aktualizr_rs.Client1",
+        "State",
+    ]);
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let call = nobody(&[
+        "call",
+        "org.aktualizr_rs.Client",
+        "/org/aktualizr_rs/Client",
+        "org.aktualizr_rs.Client1",
+        "CheckNow",
+    ]);
+    assert!(!call.status.success());
+    assert!(
+        String::from_utf8_lossy(&call.stderr)
+            .to_lowercase()
+            .contains("denied"),
+        "{}",
+        String::from_utf8_lossy(&call.stderr)
+    );
+
+    // status asks the running daemon.
+    let status = f.client_env(&["status"], &[("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("Daemon: reboot-pending"));
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(daemon.0.wait().unwrap().success());
+    let _ = monitor.0.kill();
+    let _ = monitor.0.wait();
+    let log = std::fs::read_to_string(f.p("monitor.log")).unwrap();
+    assert!(log.contains("member=StateChanged"), "{log}");
+    assert!(log.contains("member=Progress"), "{log}");
 }
