@@ -57,6 +57,9 @@ const KEYS: &[(&str, Type, &str)] = &[
     ("pacman.images_path", Type::Str, "/var/sota/images"),
     ("pacman.fake_need_reboot", Type::Bool, "false"),
     ("pacman.booted", Type::Str, "booted"),
+    // aktualizr-rs's own: stage deployments on a booted system (finalized at shutdown by
+    // ostree-finalize-staged.service) instead of writing them at once as aktualizr does.
+    ("pacman.stage", Type::Bool, "false"),
     ("storage.type", Type::Str, "sqlite"),
     ("storage.path", Type::Str, "/var/sota"),
     ("storage.sqldb_path", Type::Str, "sql.db"),
@@ -319,6 +322,19 @@ impl Config {
     pub fn import_path(&self, key: &str) -> Option<PathBuf> {
         let v = self.str(key);
         (!v.is_empty()).then(|| Path::new(self.str("import.base_path")).join(v))
+    }
+
+    /// The OSTree sysroot: `[pacman] sysroot`, `/` when empty (aktualizr's default sysroot).
+    pub fn sysroot(&self) -> PathBuf {
+        match self.str("pacman.sysroot") {
+            "" => PathBuf::from("/"),
+            s => PathBuf::from(s),
+        }
+    }
+
+    /// The OS name, `[pacman] os`, None when empty (the booted deployment's).
+    pub fn os(&self) -> Option<&str> {
+        Some(self.str("pacman.os")).filter(|s| !s.is_empty())
     }
 
     /// The reboot sentinel path.

@@ -319,12 +319,8 @@ fn run_reboot_if_pending(paths: &[PathBuf]) -> anyhow::Result<()> {
     let config = aktualizr_rs::config::Config::load(paths)?;
     let state =
         aktualizr_rs::primary::State::load(std::path::Path::new(config.str("storage.path")))?;
-    let sysroot = match config.str("pacman.sysroot") {
-        "" => PathBuf::from("/"),
-        s => PathBuf::from(s),
-    };
-    let os = Some(config.str("pacman.os")).filter(|s| !s.is_empty());
-    let deployments = aktualizr_rs_store::Store::open(&sysroot, os)
+    let sysroot = config.sysroot();
+    let deployments = aktualizr_rs_store::Store::open(&sysroot, config.os())
         .and_then(|s| s.deployments())
         .with_context(|| format!("reading the deployments of {}", sysroot.display()))?;
     let decision = reboot_decision(
@@ -472,15 +468,8 @@ struct StatusArgs {
 fn run_status(args: StatusArgs, config_paths: &[PathBuf]) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let config = aktualizr_rs::config::Config::load(config_paths)?;
-    let sysroot = args
-        .sysroot
-        .unwrap_or_else(|| match config.str("pacman.sysroot") {
-            "" => PathBuf::from("/"),
-            s => PathBuf::from(s),
-        });
-    let os = args
-        .os
-        .or_else(|| Some(config.str("pacman.os").to_owned()).filter(|s| !s.is_empty()));
+    let sysroot = args.sysroot.unwrap_or_else(|| config.sysroot());
+    let os = args.os.or_else(|| config.os().map(str::to_owned));
     let sentinel = args
         .reboot_sentinel
         .unwrap_or_else(|| config.reboot_sentinel());

@@ -256,6 +256,20 @@ impl Primary {
         })
     }
 
+    /// The Waiting outcome when the `[consent]` gate holds `op` of this target back.
+    fn gated(
+        &self,
+        state: &mut State,
+        op: Operation,
+        target: &str,
+        sha: &str,
+    ) -> Result<Option<Outcome>> {
+        Ok(
+            gate(&self.config, state, op, (target.to_owned(), sha.to_owned()))?
+                .map(Outcome::Waiting),
+        )
+    }
+
     /// Sends `(phase, percent)` progress to `tx` during cycles.
     pub fn with_progress(
         mut self,
@@ -332,20 +346,10 @@ impl Primary {
     }
 
     fn store(&self) -> Result<Store> {
-        let sysroot = match self.config.str("pacman.sysroot") {
-            "" => PathBuf::from("/"),
-            s => PathBuf::from(s),
-        };
-        let os = Some(self.config.str("pacman.os")).filter(|s| !s.is_empty());
-        Store::open(&sysroot, os)
-            .with_context(|| format!("opening the OSTree sysroot {}", sysroot.display()))
-    }
-
-    fn sysroot(&self) -> PathBuf {
-        match self.config.str("pacman.sysroot") {
-            "" => PathBuf::from("/"),
-            s => PathBuf::from(s),
-        }
+        let sysroot = self.config.sysroot();
+        Ok(Store::open(&sysroot, self.config.os())
+            .with_context(|| format!("opening the OSTree sysroot {}", sysroot.display()))?
+            .with_staging(self.config.bool("pacman.stage")))
     }
 
     async fn send(
@@ -744,13 +748,8 @@ impl Primary {
                 return Ok(Outcome::Available(a.target));
             }
             let url_path = image.target_url_path(&a.target, &entry);
-            if let Some(r) = gate(
-                &self.config,
-                state,
-                Operation::Download,
-                (a.target.clone(), sha.clone()),
-            )? {
-                return Ok(Outcome::Waiting(r));
+            if let Some(wait) = self.gated(state, Operation::Download, &a.target, &sha)? {
+                return Ok(wait);
             }
             self.queue_event(state, "EcuDownloadStarted", &correlation, None);
             state.save(&self.storage)?;
@@ -766,13 +765,8 @@ impl Primary {
             if phase == Phase::Download {
                 return Ok(Outcome::Downloaded(a.target));
             }
-            if let Some(r) = gate(
-                &self.config,
-                state,
-                Operation::Install,
-                (a.target.clone(), sha.clone()),
-            )? {
-                return Ok(Outcome::Waiting(r));
+            if let Some(wait) = self.gated(state, Operation::Install, &a.target, &sha)? {
+                return Ok(wait);
             }
             self.queue_event(state, "EcuInstallationStarted", &correlation, None);
             state.json["installed_binary"] = json!({
@@ -800,13 +794,8 @@ impl Primary {
         }
 
         // Download.
-        if let Some(r) = gate(
-            &self.config,
-            state,
-            Operation::Download,
-            (a.target.clone(), sha.clone()),
-        )? {
-            return Ok(Outcome::Waiting(r));
+        if let Some(wait) = self.gated(state, Operation::Download, &a.target, &sha)? {
+            return Ok(wait);
         }
         self.queue_event(state, "EcuDownloadStarted", &correlation, None);
         state.save(&self.storage)?;
@@ -814,7 +803,7 @@ impl Primary {
         opts.tls_client_cert = self.config.import_path("import.tls_clientcert_path");
         opts.tls_client_key = self.config.import_path("import.tls_pkey_path");
         opts.tls_ca = self.config.import_path("import.tls_cacert_path");
-        let os = Some(self.config.str("pacman.os")).filter(|s| !s.is_empty());
+        let os = self.config.os();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<aktualizr_rs_store::PullStats>();
         let reporter = self.progress.clone();
         let progress = tokio::spawn(async move {
@@ -831,9 +820,15 @@ impl Primary {
                 );
             }
         });
-        let pulled =
-            aktualizr_rs_store::pull(&self.worker, &self.sysroot(), os, &commit, &opts, Some(tx))
-                .await;
+        let pulled = aktualizr_rs_store::pull(
+            &self.worker,
+            &self.config.sysroot(),
+            os,
+            &commit,
+            &opts,
+            Some(tx),
+        )
+        .await;
         let _ = progress.await;
         self.queue_event(
             state,
@@ -849,13 +844,8 @@ impl Primary {
         }
 
         // Install.
-        if let Some(r) = gate(
-            &self.config,
-            state,
-            Operation::Install,
-            (a.target.clone(), sha.clone()),
-        )? {
-            return Ok(Outcome::Waiting(r));
+        if let Some(wait) = self.gated(state, Operation::Install, &a.target, &sha)? {
+            return Ok(wait);
         }
         self.queue_event(state, "EcuInstallationStarted", &correlation, None);
         self.store()?
