@@ -287,6 +287,18 @@ impl Config {
         self.set_default("provision.mode", mode.to_owned());
     }
 
+    /// Sets `[tls] server` (from a credentials archive, say) and derives the URLs again.
+    pub fn set_server(&mut self, url: &str) {
+        self.values.insert(
+            "tls.server".to_owned(),
+            Setting {
+                value: url.to_owned(),
+                source: None,
+            },
+        );
+        self.derive();
+    }
+
     /// Sets a derived value where the files left the key unset or empty.
     fn set_default(&mut self, key: &str, value: String) {
         if self.values.get(key).is_none_or(|s| s.value.is_empty()) && !value.is_empty() {

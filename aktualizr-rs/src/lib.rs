@@ -7,6 +7,7 @@ pub mod config;
 pub mod consent;
 pub mod dbus;
 pub mod primary;
+pub mod provision;
 pub mod service;
 pub mod status;
 pub mod tuf_client;

@@ -75,7 +75,15 @@ enum Command {
 
 fn primary(paths: &[PathBuf]) -> anyhow::Result<aktualizr_rs::primary::Primary> {
     use anyhow::Context as _;
-    let config = aktualizr_rs::config::Config::load(paths)?;
+    let mut config = aktualizr_rs::config::Config::load(paths)?;
+    aktualizr_rs::provision::apply_server_url(&mut config)?;
+    if !config.str("provision.provision_path").is_empty() {
+        let id = aktualizr_rs::primary::provisioning_device_id(&config)?;
+        let storage = PathBuf::from(config.str("storage.path"));
+        runtime()?.block_on(aktualizr_rs::provision::ensure_device_credentials(
+            &config, &storage, &id,
+        ))?;
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }

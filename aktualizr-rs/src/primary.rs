@@ -203,14 +203,29 @@ impl Primary {
                 .create(&storage)
                 .with_context(|| format!("creating the storage directory {}", storage.display()))?;
         }
-        let need = |key: &str| {
-            config.import_path(key).with_context(|| {
-                format!("[import] {} is not set: device credentials are needed (shared-credential provisioning is not supported yet)", key.trim_start_matches("import."))
+        // The device's identity: [import] paths, else the credentials that shared-credential
+        // provisioning stored (crate::provision).
+        let (stored_cert, stored_key, stored_ca) = crate::provision::stored_paths(&storage);
+        let path = |key: &str, stored: PathBuf| {
+            config.import_path(key).or_else(|| stored.exists().then_some(stored)).with_context(|| {
+                format!(
+                    "[import] {} is not set and no credentials were provisioned: set the [import] paths, or [provision] provision_path to a credentials.zip",
+                    key.trim_start_matches("import.")
+                )
             })
         };
-        let cert = read(&need("import.tls_clientcert_path")?, "client certificate")?;
-        let key_pem = read(&need("import.tls_pkey_path")?, "client key")?;
-        let ca = read(&need("import.tls_cacert_path")?, "CA certificate")?;
+        let cert = read(
+            &path("import.tls_clientcert_path", stored_cert)?,
+            "client certificate",
+        )?;
+        let key_pem = read(
+            &path("import.tls_pkey_path", stored_key.clone())?,
+            "client key",
+        )?;
+        let ca = read(
+            &path("import.tls_cacert_path", stored_ca)?,
+            "CA certificate",
+        )?;
         let mut identity = cert.clone();
         identity.extend_from_slice(&key_pem);
         let client = reqwest::Client::builder()
@@ -800,9 +815,11 @@ impl Primary {
         self.queue_event(state, "EcuDownloadStarted", &correlation, None);
         state.save(&self.storage)?;
         let mut opts = PullOptions::new(self.config.str("pacman.ostree_server"));
-        opts.tls_client_cert = self.config.import_path("import.tls_clientcert_path");
-        opts.tls_client_key = self.config.import_path("import.tls_pkey_path");
-        opts.tls_ca = self.config.import_path("import.tls_cacert_path");
+        let (stored_cert, stored_key, stored_ca) = crate::provision::stored_paths(&self.storage);
+        let pick = |key: &str, stored: PathBuf| self.config.import_path(key).or(Some(stored));
+        opts.tls_client_cert = pick("import.tls_clientcert_path", stored_cert);
+        opts.tls_client_key = pick("import.tls_pkey_path", stored_key);
+        opts.tls_ca = pick("import.tls_cacert_path", stored_ca);
         let os = self.config.os();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<aktualizr_rs_store::PullStats>();
         let reporter = self.progress.clone();
@@ -1087,6 +1104,23 @@ impl Primary {
         if let Err(e) = state.save(&self.storage) {
             tracing::warn!("saving the event queue: {e:#}");
         }
+    }
+}
+
+/// The device ID shared-credential provisioning registers: `[provision] device_id`, else
+/// one derived from the ECU key (unique per device, stable across runs).
+pub fn provisioning_device_id(config: &Config) -> Result<String> {
+    match config.str("provision.device_id") {
+        "" => {
+            let storage = PathBuf::from(config.str("storage.path"));
+            std::fs::create_dir_all(&storage)
+                .with_context(|| format!("creating {}", storage.display()))?;
+            Ok(format!(
+                "device-{}",
+                &ecu_key(config, &storage)?.keyid()[..16]
+            ))
+        }
+        id => Ok(id.to_owned()),
     }
 }
 

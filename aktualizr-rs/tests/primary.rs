@@ -1193,3 +1193,57 @@ fn dbus_api_on_a_real_bus_daemon() {
     assert!(log.contains("member=StateChanged"), "{log}");
     assert!(log.contains("member=Progress"), "{log}");
 }
+
+#[test]
+fn shared_credential_provisioning_from_credentials_zip() {
+    let f = Fixture::new();
+    let url = std::fs::read_to_string(f.p("b/serve.url")).unwrap();
+    backend(&[
+        "credentials",
+        "-d",
+        f.s("b"),
+        f.s("credentials.zip"),
+        "--url",
+        url.trim(),
+    ]);
+    // A device with no credentials of its own and no server in its configuration: both come
+    // from the archive.
+    std::fs::write(
+        f.p("shared.toml"),
+        format!(
+            "[provision]\nprovision_path = \"{}\"\ndevice_id = dev2\nprimary_ecu_serial = ecu-2\n\
+             primary_ecu_hardware_id = hw1\n[pacman]\nsysroot = \"{}\"\nos = {OS}\n\
+             [storage]\npath = \"{}\"\n[bootloader]\nreboot_sentinel_dir = \"{}\"\n",
+            f.p("credentials.zip").display(),
+            f.p("sysroot").display(),
+            f.p("storage2").display(),
+            f.p("run2").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["-c", f.s("shared.toml")];
+        all.extend_from_slice(args);
+        let out = run(env!("CARGO_BIN_EXE_aktualizr-rs"), &all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(run(&["once"]).contains("up to date"));
+    // The device got its own certificate (CN dev2) and uses it from then on.
+    let cert = std::fs::read_to_string(f.p("storage2/client.pem")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(f.p("b/devices/dev2/device.json").exists());
+    let log = backend(&["device-log", "-d", f.s("b"), "dev2", "--json"]);
+    assert!(log.contains("/director/ecus"), "{log}");
+    let info: Value = serde_json::from_str(&run(&["info", "--json"])).unwrap();
+    assert_eq!(info["device_id"], "dev2");
+    backend(&["assign", "-d", f.s("b"), "dev2", "ecu-2", "fakeos-2"]);
+    assert!(run(&["once"]).contains("fakeos-2 installed"));
+    // A second run does not register again.
+    std::fs::remove_file(f.p("run2/need_reboot")).unwrap();
+    assert!(run(&["once"]).contains("up to date"));
+}

@@ -57,6 +57,19 @@ enum Cmd {
         #[arg(long, default_value = "primary-hw")]
         hardware_id: String,
     },
+    /// Write a credentials.zip for shared-credential provisioning (aktualizr's
+    /// `[provision] provision_path`): devices holding it register themselves with
+    /// `POST /devices` and get their own certificate.
+    Credentials {
+        /// The backend directory.
+        #[arg(long, short, default_value = ".")]
+        dir: PathBuf,
+        /// The archive to write.
+        out: PathBuf,
+        /// The server URL devices use (autoprov.url); default https://127.0.0.1:<port>.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Copy an OSTree commit into the treehub (only the objects it lacks) and add it to the
     /// Image repository as an OSTREE target.
     PushOstree {
@@ -256,19 +269,60 @@ type = "ostree"
 pub(crate) fn provision_p12(b: &Backend, id: &str) -> Result<Vec<u8>> {
     issue_and_record(b, id, None)?;
     let dir = device_dir(b, id);
+    p12_bundle(
+        &dir.join("client.pem"),
+        &dir.join("pkey.pem"),
+        &dir.join("root.crt"),
+    )
+}
+
+/// A PKCS#12 bundle (no password) of a certificate, its key and the CA (openssl).
+fn p12_bundle(cert: &Path, key: &Path, ca: &Path) -> Result<Vec<u8>> {
     let out = Process::new("openssl")
         .args(["pkcs12", "-export", "-passout", "pass:", "-inkey"])
-        .arg(dir.join("pkey.pem"))
+        .arg(key)
         .arg("-in")
-        .arg(dir.join("client.pem"))
+        .arg(cert)
         .arg("-certfile")
-        .arg(dir.join("root.crt"))
+        .arg(ca)
         .output()
         .context("running openssl pkcs12 (install openssl)")?;
     if !out.status.success() {
         bail!("openssl pkcs12: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(out.stdout)
+}
+
+/// `credentials`: a credentials.zip for shared-credential provisioning: a fleet-wide
+/// certificate (CN `shared-provisioning`) and key with the CA as `autoprov_credentials.p12`,
+/// the server URL as `autoprov.url`, the CA as `root.crt`.
+fn credentials(b: &Backend, out: &Path, url: Option<String>) -> Result<()> {
+    use std::io::Write as _;
+    let (cert, key) = pki::issue_device(&b.dir, "shared-provisioning")?;
+    let cert_path = b.path("pki/shared.pem");
+    let key_path = b.path("pki/shared.key");
+    repo::write_bytes(&cert_path, cert.as_bytes())?;
+    repo::write_bytes(&key_path, key.as_bytes())?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+    let p12 = p12_bundle(&cert_path, &key_path, &b.path("pki/ca.pem"))?;
+    let url = url.unwrap_or_else(|| format!("https://127.0.0.1:{}", b.port()));
+    let tmp = out.with_extension("zip.tmp");
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut zip = zip::ZipWriter::new(file);
+    let opts = zip::write::SimpleFileOptions::default();
+    for (name, bytes) in [
+        ("autoprov_credentials.p12", p12),
+        ("autoprov.url", url.into_bytes()),
+        ("root.crt", std::fs::read(b.path("pki/ca.pem"))?),
+    ] {
+        zip.start_file(name, opts)?;
+        zip.write_all(&bytes)?;
+    }
+    zip.finish()?.sync_all()?;
+    std::fs::rename(&tmp, out)?;
+    Ok(())
 }
 
 fn ostree(args: &[&str]) -> Result<String> {
@@ -429,6 +483,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let out = provision(&Backend::open(&dir)?, &device_id, &hardware_id)?;
             println!("{}", out.join("sota.toml").display());
+        }
+        Cmd::Credentials { dir, out, url } => {
+            credentials(&Backend::open(&dir)?, &out, url)?;
+            println!("{}", out.display());
         }
         Cmd::PushOstree {
             dir,
