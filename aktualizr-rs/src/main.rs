@@ -140,10 +140,6 @@ fn refresh_snapshot(
 ) {
     let info = primary.info().unwrap_or_default();
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-    let waiting = aktualizr_rs::primary::State::load(primary.storage())
-        .ok()
-        .and_then(|s| s.json["waiting"]["reason"].as_str().map(str::to_owned))
-        .unwrap_or_default();
     let mut s = snap.lock().unwrap_or_else(|e| e.into_inner());
     s.state = state.to_owned();
     s.current_target = info["current"]["target"]
@@ -154,7 +150,7 @@ fn refresh_snapshot(
     s.pending_target = text(&info["pending"]["target"]);
     s.need_reboot = info["reboot_sentinel"] == true;
     s.last_error = text(&info["last_error"]);
-    s.waiting = waiting;
+    s.waiting = text(&info["waiting"]);
 }
 
 fn run_daemon(paths: &[PathBuf]) -> anyhow::Result<()> {
@@ -491,13 +487,7 @@ fn run_status(args: StatusArgs, config_paths: &[PathBuf]) -> anyhow::Result<()> 
             config.str("storage.path"),
         ))
         .ok()
-        .and_then(|s| {
-            let w = &s.json["waiting"];
-            w["reason"].as_str().map(|r| match w["target"].as_str() {
-                Some(t) => format!("{r}, for {t}"),
-                None => r.to_owned(),
-            })
-        }),
+        .and_then(|s| s.waiting()),
         daemon: runtime().ok().and_then(|rt| {
             rt.block_on(async {
                 tokio::time::timeout(

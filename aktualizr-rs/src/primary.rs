@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aktualizr_rs_fsutil::atomic_write;
+use aktualizr_rs_fsutil::{atomic_write, atomic_write_private, create_private_dir};
 use aktualizr_rs_metadata::{
     canonical::to_canonical, uptane, Error as MetaError, Limits, Scheme, SigningKey, Timestamp,
     TrustedSet, Updater,
@@ -53,6 +53,16 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State { json: json!({}) }),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
+    }
+
+    /// What the client waits for before its next step, as `status` says it: the reason, and
+    /// the target when one is known.
+    pub fn waiting(&self) -> Option<String> {
+        let w = &self.json["waiting"];
+        w["reason"].as_str().map(|r| match w["target"].as_str() {
+            Some(t) if !t.is_empty() => format!("{r}, for {t}"),
+            _ => r.to_owned(),
+        })
     }
 
     /// Saves the state atomically.
@@ -137,11 +147,20 @@ pub enum Phase {
     Install,
 }
 
+/// The files of the device's TLS identity (the treehub pull uses them too).
+#[derive(Debug)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
 /// The device's identity and clients, from the configuration.
 #[derive(Debug)]
 pub struct Primary {
     config: Config,
     storage: PathBuf,
+    tls: TlsFiles,
     client: reqwest::Client,
     device_id: String,
     serial: String,
@@ -195,14 +214,8 @@ impl Primary {
     /// from `[import]`, the ECU key (generated once), serial and hardware ID.
     pub fn new(config: Config, worker: Worker) -> Result<Primary> {
         let storage = PathBuf::from(config.str("storage.path"));
-        {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&storage)
-                .with_context(|| format!("creating the storage directory {}", storage.display()))?;
-        }
+        create_private_dir(&storage)
+            .with_context(|| format!("creating the storage directory {}", storage.display()))?;
         // The device's identity: [import] paths, else the credentials that shared-credential
         // provisioning stored (crate::provision).
         let (stored_cert, stored_key, stored_ca) = crate::provision::stored_paths(&storage);
@@ -214,35 +227,17 @@ impl Primary {
                 )
             })
         };
-        let cert = read(
-            &path("import.tls_clientcert_path", stored_cert)?,
-            "client certificate",
+        let tls = TlsFiles {
+            cert: path("import.tls_clientcert_path", stored_cert)?,
+            key: path("import.tls_pkey_path", stored_key)?,
+            ca: path("import.tls_cacert_path", stored_ca)?,
+        };
+        let cert = read(&tls.cert, "client certificate")?;
+        let client = crate::provision::mtls_client(
+            &cert,
+            &read(&tls.key, "client key")?,
+            &read(&tls.ca, "CA certificate")?,
         )?;
-        let key_pem = read(
-            &path("import.tls_pkey_path", stored_key.clone())?,
-            "client key",
-        )?;
-        let ca = read(
-            &path("import.tls_cacert_path", stored_ca)?,
-            "CA certificate",
-        )?;
-        let mut identity = cert.clone();
-        identity.extend_from_slice(&key_pem);
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&ca).context("parsing the CA certificate")?,
-            )
-            .identity(
-                reqwest::Identity::from_pem(&identity)
-                    .context("parsing the client certificate and key")?,
-            )
-            .connect_timeout(Duration::from_secs(60))
-            .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("aktualizr-rs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
         let device_id = match config.str("provision.device_id") {
             "" => cert_cn(&cert).context(
                 "the client certificate has no common name (device ID); set [provision] device_id",
@@ -261,6 +256,7 @@ impl Primary {
         Ok(Primary {
             config,
             storage,
+            tls,
             client,
             device_id,
             serial,
@@ -341,6 +337,7 @@ impl Primary {
             "director_mode": state.json.get("director_mode").cloned().unwrap_or(Value::Null),
             "metadata": metadata,
             "failed_targets": state.json.get("failed_targets").cloned().unwrap_or(json!([])),
+            "waiting": state.waiting(),
             "last_error": state.json.get("last_error").cloned().unwrap_or(Value::Null),
             "storage": self.storage.display().to_string(),
         }))
@@ -815,11 +812,9 @@ impl Primary {
         self.queue_event(state, "EcuDownloadStarted", &correlation, None);
         state.save(&self.storage)?;
         let mut opts = PullOptions::new(self.config.str("pacman.ostree_server"));
-        let (stored_cert, stored_key, stored_ca) = crate::provision::stored_paths(&self.storage);
-        let pick = |key: &str, stored: PathBuf| self.config.import_path(key).or(Some(stored));
-        opts.tls_client_cert = pick("import.tls_clientcert_path", stored_cert);
-        opts.tls_client_key = pick("import.tls_pkey_path", stored_key);
-        opts.tls_ca = pick("import.tls_cacert_path", stored_ca);
+        opts.tls_client_cert = Some(self.tls.cert.clone());
+        opts.tls_client_key = Some(self.tls.key.clone());
+        opts.tls_ca = Some(self.tls.ca.clone());
         let os = self.config.os();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<aktualizr_rs_store::PullStats>();
         let reporter = self.progress.clone();
@@ -1113,8 +1108,8 @@ pub fn provisioning_device_id(config: &Config) -> Result<String> {
     match config.str("provision.device_id") {
         "" => {
             let storage = PathBuf::from(config.str("storage.path"));
-            std::fs::create_dir_all(&storage)
-                .with_context(|| format!("creating {}", storage.display()))?;
+            create_private_dir(&storage)
+                .with_context(|| format!("creating the storage directory {}", storage.display()))?;
             Ok(format!(
                 "device-{}",
                 &ecu_key(config, &storage)?.keyid()[..16]
@@ -1151,7 +1146,7 @@ fn ecu_key(config: &Config, storage: &Path) -> Result<SigningKey> {
         bail!("[uptane] key_type {key_type}: RSA ECU keys cannot be generated by aktualizr-rs; set key_type = ED25519 or import a key ([import] uptane_private_key_path)");
     }
     let key = SigningKey::generate(Scheme::Ed25519)?;
-    atomic_write(&path, key.to_pkcs8_pem().as_bytes())
+    atomic_write_private(&path, key.to_pkcs8_pem().as_bytes())
         .with_context(|| format!("writing the ECU key {}", path.display()))?;
     Ok(key)
 }

@@ -9,7 +9,10 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use aktualizr_rs_fsutil::atomic_write;
+use std::time::Duration;
+
+use aktualizr_rs_fsutil::{atomic_write, atomic_write_private, create_private_dir};
+use aktualizr_rs_metadata::pem_encode;
 use anyhow::{bail, Context as _, Result};
 
 use crate::config::Config;
@@ -25,16 +28,26 @@ pub struct Identity {
     pub ca: String,
 }
 
-fn pem(der: &[u8], label: &str) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+/// The HTTP client of a device: mutual TLS with `cert` + `key` (PEM), trusting only `ca`,
+/// with the timeouts and user agent the client uses for every server request.
+pub fn mtls_client(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<reqwest::Client> {
+    let mut identity = cert.to_vec();
+    identity.extend_from_slice(key);
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(ca).context("parsing the CA certificate")?,
+        )
+        .identity(
+            reqwest::Identity::from_pem(&identity)
+                .context("parsing the client certificate and key")?,
+        )
+        .connect_timeout(Duration::from_secs(60))
+        .read_timeout(Duration::from_secs(60))
+        .user_agent(concat!("aktualizr-rs/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")
 }
 
 /// Reads a PKCS#12 bundle: the key, its certificate, and the other certificates as the CA.
@@ -50,18 +63,18 @@ pub fn identity_from_p12(data: &[u8], password: &str) -> Result<Identity> {
         .context("the PKCS#12 bundle has no certificate for its key")?;
     let mut ca = String::new();
     for c in &chain.chain()[1..] {
-        ca.push_str(&pem(c.as_der(), "CERTIFICATE"));
+        ca.push_str(&pem_encode(c.as_der(), "CERTIFICATE"));
     }
     for (_, entry) in store.entries() {
         if let p12_keystore::KeyStoreEntry::Certificate(c) = entry {
             if c != leaf {
-                ca.push_str(&pem(c.as_der(), "CERTIFICATE"));
+                ca.push_str(&pem_encode(c.as_der(), "CERTIFICATE"));
             }
         }
     }
     Ok(Identity {
-        cert: pem(leaf.as_der(), "CERTIFICATE"),
-        key: pem(chain.key(), "PRIVATE KEY"),
+        cert: pem_encode(leaf.as_der(), "CERTIFICATE"),
+        key: pem_encode(chain.key(), "PRIVATE KEY"),
         ca,
     })
 }
@@ -124,16 +137,12 @@ pub async fn ensure_device_credentials(
         return Ok(());
     }
     let (shared, _) = read_credentials_zip(Path::new(zip), config.str("provision.p12_password"))?;
-    let mut identity = shared.cert.clone();
-    identity.push_str(&shared.key);
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(shared.ca.as_bytes()).context("the archive's CA")?,
-        )
-        .identity(reqwest::Identity::from_pem(identity.as_bytes()).context("the shared identity")?)
-        .build()?;
+    let client = mtls_client(
+        shared.cert.as_bytes(),
+        shared.key.as_bytes(),
+        shared.ca.as_bytes(),
+    )
+    .context("the shared identity in the credentials archive")?;
     let url = format!(
         "{}/devices",
         config.str("provision.server").trim_end_matches('/')
@@ -156,22 +165,18 @@ pub async fn ensure_device_credentials(
         );
     }
     let own = identity_from_p12(&bytes, "").context("the device credentials from the server")?;
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(storage)
-            .with_context(|| format!("creating {}", storage.display()))?;
-    }
-    for (path, text) in [
-        (&ca_path, &own.ca),
-        (&cert_path, &own.cert),
-        (&key_path, &own.key),
-    ] {
-        atomic_write(path, text.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    create_private_dir(storage).with_context(|| format!("creating {}", storage.display()))?;
+    let write = |path: &Path, text: &str, private: bool| {
+        let written = if private {
+            atomic_write_private(path, text.as_bytes())
+        } else {
+            atomic_write(path, text.as_bytes())
+        };
+        written.with_context(|| format!("writing {}", path.display()))
+    };
+    write(&ca_path, &own.ca, false)?;
+    write(&cert_path, &own.cert, false)?;
+    write(&key_path, &own.key, true)?;
     tracing::info!(device_id, "provisioned with the shared credentials");
     Ok(())
 }

@@ -223,9 +223,7 @@ fn issue_and_record(b: &Backend, id: &str, hardware_id: Option<&str>) -> Result<
     let (cert, key) = pki::issue_device(&b.dir, id)?;
     let dir = device_dir(b, id);
     repo::write_bytes(&dir.join("client.pem"), cert.as_bytes())?;
-    repo::write_bytes(&dir.join("pkey.pem"), key.as_bytes())?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(dir.join("pkey.pem"), std::fs::Permissions::from_mode(0o600))?;
+    repo::write_private(&dir.join("pkey.pem"), key.as_bytes())?;
     std::fs::copy(b.path("pki/ca.pem"), dir.join("root.crt"))?;
     b.save_device(id, &json!({"device_id": id, "hardware_id": hardware_id}))?;
     b.assign(id, None)?;
@@ -302,9 +300,7 @@ fn credentials(b: &Backend, out: &Path, url: Option<String>) -> Result<()> {
     let cert_path = b.path("pki/shared.pem");
     let key_path = b.path("pki/shared.key");
     repo::write_bytes(&cert_path, cert.as_bytes())?;
-    repo::write_bytes(&key_path, key.as_bytes())?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+    repo::write_private(&key_path, key.as_bytes())?;
     let p12 = p12_bundle(&cert_path, &key_path, &b.path("pki/ca.pem"))?;
     let url = url.unwrap_or_else(|| format!("https://127.0.0.1:{}", b.port()));
     let tmp = out.with_extension("zip.tmp");

@@ -10,7 +10,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::repo::write_bytes;
+use crate::repo::{write_bytes, write_private};
 
 fn validity(p: &mut CertificateParams) {
     p.not_before = rcgen::date_time_ymd(2025, 1, 1);
@@ -32,7 +32,7 @@ pub fn init(dir: &Path) -> Result<()> {
     validity(&mut p);
     let ca = p.self_signed(&ca_key)?;
     write_bytes(&dir.join("pki/ca.pem"), ca.pem().as_bytes())?;
-    write_private(&dir.join("pki/ca.key"), &ca_key.serialize_pem())?;
+    write_private(&dir.join("pki/ca.key"), ca_key.serialize_pem().as_bytes())?;
 
     let key = KeyPair::generate()?;
     let mut p = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
@@ -41,14 +41,7 @@ pub fn init(dir: &Path) -> Result<()> {
     validity(&mut p);
     let cert = p.signed_by(&key, &ca, &ca_key)?;
     write_bytes(&dir.join("pki/server.pem"), cert.pem().as_bytes())?;
-    write_private(&dir.join("pki/server.key"), &key.serialize_pem())
-}
-
-fn write_private(path: &Path, pem: &str) -> Result<()> {
-    write_bytes(path, pem.as_bytes())?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(())
+    write_private(&dir.join("pki/server.key"), key.serialize_pem().as_bytes())
 }
 
 /// Issues a client certificate with CN `device` signed by the backend CA; returns the

@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aktualizr_rs_fsutil::atomic_write;
+use aktualizr_rs_fsutil::{atomic_write, atomic_write_private};
 use aktualizr_rs_metadata::{sign_envelope, Scheme, SigningKey, Timestamp};
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Map, Value};
@@ -133,11 +133,22 @@ pub fn write_json(path: &Path, value: &Value) -> Result<()> {
 
 /// Writes `bytes` atomically, creating the parent directory.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    create_parent(path)?;
+    atomic_write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a secret (a private key) atomically with mode 0600, creating the parent directory.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    create_parent(path)?;
+    atomic_write_private(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn create_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    atomic_write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    Ok(())
 }
 
 /// Reads a JSON file, naming it in the error.
@@ -217,13 +228,10 @@ impl Backend {
 
     fn save_key(&self, kind: Kind, role: &str, key: &SigningKey) -> Result<()> {
         let path = self.key_path(kind, role);
-        write_bytes(
+        write_private(
             &path,
             format!("{}\n{}", scheme_line(key.scheme()), key.to_pkcs8_pem()).as_bytes(),
-        )?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(())
+        )
     }
 
     fn key(&self, kind: Kind, role: &str) -> Result<SigningKey> {

@@ -211,7 +211,8 @@ fn pem_decode(pem: &str, label: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
-fn pem_encode(der: &[u8], label: &str) -> String {
+/// Encodes DER as PEM with `label` (`CERTIFICATE`, `PRIVATE KEY`, ...), 64 columns.
+pub fn pem_encode(der: &[u8], label: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {

@@ -37,7 +37,7 @@ mod trusted;
 mod updater;
 pub mod uptane;
 
-pub use crypto::{key_id, PublicKey, Scheme, SigningKey};
+pub use crypto::{key_id, pem_encode, PublicKey, Scheme, SigningKey};
 pub use error::{Attack, Error, Result};
 pub use glob::path_matches;
 pub use schema::{

@@ -539,12 +539,8 @@ fn commit_version(repo: &ostree::Repo, commit: &str) -> Option<String> {
 /// Writes the reboot sentinel `dir/name` (the directory is created with mode 0700), after
 /// the deployment has been written and synced.
 pub fn write_reboot_sentinel(dir: &Path, name: &str) -> Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
     let io = |what: String| move |source| Error::Io { what, source };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    aktualizr_rs_fsutil::create_private_dir(dir)
         .map_err(io(format!("creating {}", dir.display())))?;
     let path = dir.join(name);
     let f = std::fs::File::create(&path).map_err(io(format!("creating {}", path.display())))?;
