@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 
 use aktualizr_rs_metadata::{sign_envelope, Scheme, SigningKey, Timestamp};
-use aktualizr_rs_testsupport::{commit_fake_os, ostree, wait_for_file, workspace_bin};
+use aktualizr_rs_testsupport::{commit_fake_os, ostree, workspace_bin};
 use serde_json::{json, Value};
 
 const OS: &str = "fakeos";
@@ -34,14 +34,7 @@ fn backend(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use aktualizr_rs_testsupport::KillOnDrop as Served;
 
 /// A backend with OSTree targets fakeos-1 .. fakeos-3, a device `dev1` (ECU `ecu-1`,
 /// hardware `hw1`) with an unbooted sysroot on v1, and its configuration.
@@ -117,17 +110,12 @@ impl Fixture {
     /// (Re)starts `uptane-repo serve` with `extra` options and points the device at it.
     fn serve(&mut self, extra: &[&str]) {
         self.server = None;
-        let _ = std::fs::remove_file(self.p("b/serve.url"));
-        let child = Command::new(workspace_bin("uptane-repo"))
-            .arg("serve")
-            .arg(self.p("b"))
-            .args(["--port", "0"])
-            .args(extra)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        self.server = Some(Served(child));
-        let url = wait_for_file(&self.p("b/serve.url"), "uptane-repo serve");
+        let (server, url) = aktualizr_rs_testsupport::serve_backend(
+            &workspace_bin("uptane-repo"),
+            &self.p("b"),
+            extra,
+        );
+        self.server = Some(server);
         // The provisioned sota.toml, and a later file for this sandbox: it overrides the
         // server URL and points sysroot, storage and sentinel into the test directory.
         std::fs::write(
@@ -410,52 +398,49 @@ fn rollback_is_reported_and_not_retried() {
     assert!(f.once().unwrap().contains("fakeos-3 installed"));
 }
 
-#[test]
-fn director_target_absent_from_the_image_repository() {
+/// A Director serving only root and targets, whose targets (signed with its key) assign
+/// `name` with fakeos-`version`'s commit, `length`, to `ecu` with hardware ID `hw`: the cycle
+/// is refused with `expect` in the error, then the device recovers.
+fn forged_director_attack(
+    name: &str,
+    version: usize,
+    length: u64,
+    ecu: &str,
+    hw: &str,
+    expect: &str,
+) {
     let mut f = Fixture::new();
     f.serve(&["--director-root-and-targets-only"]);
     f.forge_director_targets(
-        json!({"not-in-image": f.director_entry(&f.commits[1], 0, SERIAL, "hw1")}),
+        json!({name: f.director_entry(&f.commits[version - 1], length, ecu, hw)}),
     );
     let err = f.once().unwrap_err();
-    f.assert_attack_then_recovery(&err, "does not sign");
+    f.assert_attack_then_recovery(&err, expect);
+}
+
+#[test]
+fn director_target_absent_from_the_image_repository() {
+    forged_director_attack("not-in-image", 2, 0, SERIAL, "hw1", "does not sign");
 }
 
 #[test]
 fn director_hash_or_length_differs_from_the_image_repository() {
-    let mut f = Fixture::new();
-    f.serve(&["--director-root-and-targets-only"]);
     // fakeos-2's name with fakeos-3's commit.
-    f.forge_director_targets(
-        json!({"fakeos-2": f.director_entry(&f.commits[2], 0, SERIAL, "hw1")}),
-    );
-    let err = f.once().unwrap_err();
-    f.assert_attack_then_recovery(&err, "in the Image repository");
-    let mut f = Fixture::new();
-    f.serve(&["--director-root-and-targets-only"]);
-    f.forge_director_targets(
-        json!({"fakeos-2": f.director_entry(&f.commits[1], 5, SERIAL, "hw1")}),
-    );
-    let err = f.once().unwrap_err();
-    f.assert_attack_then_recovery(&err, "length 5 in the Director");
+    forged_director_attack("fakeos-2", 3, 0, SERIAL, "hw1", "in the Image repository");
+    forged_director_attack("fakeos-2", 2, 5, SERIAL, "hw1", "length 5 in the Director");
 }
 
 #[test]
 fn wrong_hardware_id_or_unknown_ecu() {
-    let mut f = Fixture::new();
-    f.serve(&["--director-root-and-targets-only"]);
-    f.forge_director_targets(
-        json!({"fakeos-2": f.director_entry(&f.commits[1], 0, SERIAL, "other-hw")}),
+    forged_director_attack("fakeos-2", 2, 0, SERIAL, "other-hw", "the ECU's is \"hw1\"");
+    forged_director_attack(
+        "fakeos-2",
+        2,
+        0,
+        "ecu-9",
+        "hw1",
+        "not an ECU of this device",
     );
-    let err = f.once().unwrap_err();
-    f.assert_attack_then_recovery(&err, "the ECU's is \"hw1\"");
-    let mut f = Fixture::new();
-    f.serve(&["--director-root-and-targets-only"]);
-    f.forge_director_targets(
-        json!({"fakeos-2": f.director_entry(&f.commits[1], 0, "ecu-9", "hw1")}),
-    );
-    let err = f.once().unwrap_err();
-    f.assert_attack_then_recovery(&err, "not an ECU of this device");
 }
 
 #[test]
@@ -942,15 +927,8 @@ fn download_and_reboot_windows() {
 
 /// A private dbus-daemon configured like the system bus, with our policy file included.
 struct Bus {
-    child: Child,
+    _child: Served,
     address: String,
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Bus {
@@ -995,7 +973,7 @@ impl Bus {
             .spawn()
             .expect("dbus-daemon is missing: run scripts/setup");
         let bus = Bus {
-            child,
+            _child: Served(child),
             address: format!("unix:path={}", socket.display()),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -6,11 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 
 use aktualizr_rs_metadata::{uptane, Timestamp, TrustedSet};
 use aktualizr_rs_testsupport::{
-    commit_fake_os, interop_script, ostree, python, wait_for_file, ServePy,
+    commit_fake_os, interop_script, ostree, python, serve_backend, KillOnDrop, ServePy,
 };
 use serde_json::{json, Value};
 
@@ -40,28 +40,16 @@ fn fails(args: &[&str]) -> String {
 }
 
 struct Served {
-    child: Child,
+    _server: KillOnDrop,
     url: String,
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(dir: &Path, extra: &[&str]) -> Served {
-    let _ = std::fs::remove_file(dir.join("serve.url"));
-    let child = Command::new(env!("CARGO_BIN_EXE_uptane-repo"))
-        .arg("serve")
-        .arg(dir)
-        .args(["--port", "0"])
-        .args(extra)
-        .spawn()
-        .unwrap();
-    let url = wait_for_file(&dir.join("serve.url"), "uptane-repo serve");
-    Served { child, url }
+    let (server, url) = serve_backend(Path::new(env!("CARGO_BIN_EXE_uptane-repo")), dir, extra);
+    Served {
+        _server: server,
+        url,
+    }
 }
 
 /// A backend with device `dev1` (hardware `hw1`), an OSTree target `stable-1` and a binary

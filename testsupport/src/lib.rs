@@ -61,10 +61,37 @@ pub fn wait_for_file(path: &Path, what: &str) -> String {
     }
 }
 
+/// A child process, killed and reaped when dropped (also when a test panics).
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `uptane-repo serve DIR --port 0 EXTRA...` (the binary `bin`) and its URL once it listens.
+pub fn serve_backend(bin: &Path, dir: &Path, extra: &[&str]) -> (KillOnDrop, String) {
+    let _ = std::fs::remove_file(dir.join("serve.url"));
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(dir)
+        .args(["--port", "0"])
+        .args(extra)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting uptane-repo serve");
+    let guard = KillOnDrop(child);
+    let url = wait_for_file(&dir.join("serve.url"), "uptane-repo serve");
+    (guard, url)
+}
+
 /// `tests/interop/serve.py` on an ephemeral 127.0.0.1 port, killed on drop.
 #[derive(Debug)]
 pub struct ServePy {
-    child: Child,
+    _child: KillOnDrop,
     /// `SCHEME://127.0.0.1:PORT`.
     pub url: String,
 }
@@ -86,18 +113,12 @@ impl ServePy {
             .args(extra)
             .spawn()
             .expect("starting serve.py (python3 is missing: run scripts/setup)");
+        let child = KillOnDrop(child);
         let port = wait_for_file(&portfile, "serve.py");
         ServePy {
-            child,
+            _child: child,
             url: format!("{scheme}://127.0.0.1:{}", port.trim()),
         }
-    }
-}
-
-impl Drop for ServePy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
