@@ -100,6 +100,24 @@ impl Fixture {
         PullOptions::new(&self.server.url)
     }
 
+    /// [`pull`] with `worker` into this fixture's sysroot, on a runtime of its own.
+    fn worker_pull(
+        &self,
+        worker: &Worker,
+        commit: &Commit,
+        opts: &PullOptions,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<aktualizr_rs_store::PullStats>>,
+    ) -> Result<aktualizr_rs_store::PullStats, Error> {
+        runtime().block_on(pull(
+            worker,
+            &self.path("sysroot"),
+            Some(OS),
+            commit,
+            opts,
+            progress,
+        ))
+    }
+
     fn fsck(&self) {
         ostree(&[
             "fsck",
@@ -316,16 +334,7 @@ fn worker_pull_reports_progress_and_deploys() {
     let f = Fixture::new();
     let v1 = f.commit(1, &[]);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stats = runtime()
-        .block_on(pull(
-            &worker(),
-            &f.path("sysroot"),
-            Some(OS),
-            &v1,
-            &f.opts(),
-            Some(tx),
-        ))
-        .unwrap();
+    let stats = f.worker_pull(&worker(), &v1, &f.opts(), Some(tx)).unwrap();
     assert!(stats.fetched >= served_objects(&f), "{stats:?}");
     let mut last = None;
     while let Ok(s) = rx.try_recv() {
@@ -345,28 +354,14 @@ fn worker_errors_come_back_with_the_workers_message() {
     let f = Fixture::new();
     f.commit(1, &[]);
     let missing: Commit = "0".repeat(64).parse().unwrap();
-    let err = runtime()
-        .block_on(pull(
-            &worker(),
-            &f.path("sysroot"),
-            Some(OS),
-            &missing,
-            &f.opts(),
-            None,
-        ))
+    let err = f
+        .worker_pull(&worker(), &missing, &f.opts(), None)
         .unwrap_err();
     assert!(matches!(err, Error::Pull(_)), "{err:?}");
     assert!(err.to_string().contains(&"0".repeat(64)), "{err}");
     let missing_worker = Worker::new("/nonexistent/worker", &[]);
-    let err = runtime()
-        .block_on(pull(
-            &missing_worker,
-            &f.path("sysroot"),
-            Some(OS),
-            &missing,
-            &f.opts(),
-            None,
-        ))
+    let err = f
+        .worker_pull(&missing_worker, &missing, &f.opts(), None)
         .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/worker"), "{err}");
 }
@@ -381,16 +376,7 @@ fn stalled_treehub_fails_within_the_low_speed_window() {
     opts.low_speed_limit_bytes = 1;
     opts.low_speed_time_seconds = 2;
     let started = Instant::now();
-    let err = runtime()
-        .block_on(pull(
-            &worker(),
-            &f.path("sysroot"),
-            Some(OS),
-            &v1,
-            &opts,
-            None,
-        ))
-        .unwrap_err();
+    let err = f.worker_pull(&worker(), &v1, &opts, None).unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
     assert!(err.to_string().contains("below 1 bytes/s for 2 s"), "{err}");
@@ -416,16 +402,7 @@ fn slow_but_moving_treehub_completes() {
     opts.low_speed_limit_bytes = 1;
     opts.low_speed_time_seconds = 2;
     let started = Instant::now();
-    let stats = runtime()
-        .block_on(pull(
-            &worker(),
-            &f.path("sysroot"),
-            Some(OS),
-            &v1,
-            &opts,
-            None,
-        ))
-        .unwrap();
+    let stats = f.worker_pull(&worker(), &v1, &opts, None).unwrap();
     let took = started.elapsed();
     assert!(
         took > Duration::from_secs(3),
